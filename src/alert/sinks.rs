@@ -1,0 +1,99 @@
+//! Alert sinks: where alert state changes go. Each sink sees every record, in order.
+//!
+//! `StdoutSink` prints for the demo, `JsonlSink` writes the `--alerts-out` contract, and
+//! [`super::alertmanager::AlertmanagerSink`] pushes to Alertmanager's v2 API.
+
+use std::io::Write;
+use std::path::Path;
+
+use super::{AlertRecord, AlertStatus};
+
+/// Receives alert state changes. Delivery failures are the sink's to retry and count; a sink
+/// never fails the pipeline.
+#[async_trait::async_trait]
+pub trait AlertSink: Send {
+    async fn deliver(&mut self, record: &AlertRecord);
+    /// Flushes and stops; called once after the last record.
+    async fn close(&mut self) {}
+}
+
+/// Prints a human-readable line per state change.
+pub struct StdoutSink;
+
+#[async_trait::async_trait]
+impl AlertSink for StdoutSink {
+    async fn deliver(&mut self, record: &AlertRecord) {
+        println!("{}", describe(record));
+    }
+}
+
+/// A one-line description for terminals and chat: counts and the audited label only.
+pub fn describe(r: &AlertRecord) -> String {
+    let marker = match r.status {
+        AlertStatus::Pending => "PENDING ",
+        AlertStatus::Firing => "FIRING  ",
+        AlertStatus::Resolved => "RESOLVED",
+    };
+    format!(
+        "[{marker}] {kind} severity={sev} cluster={cluster} at {time} (window from {start}): \
+         {accounts} accounts / {convs} conversations, {wacc} accounts in window, \
+         {apm:.1} accounts/min, tightness {tight:.3} (z={z:.1}), top account share {top:.2}, \
+         surfaces {surfaces:?}, label \"{label}\"",
+        kind = r.kind.as_str(),
+        sev = r.severity.as_str(),
+        cluster = r
+            .cluster_id
+            .map(|c| c.to_string())
+            .unwrap_or_else(|| "-".into()),
+        time = r.event_time,
+        start = r.window_start,
+        accounts = r.stats.accounts,
+        convs = r.stats.conversations,
+        wacc = r.stats.window_accounts,
+        apm = r.stats.accounts_per_minute,
+        tight = r.stats.tightness,
+        z = r.stats.tightness_z,
+        top = r.stats.top_account_share,
+        surfaces = r.stats.surfaces,
+        label = r.label,
+    )
+}
+
+/// Writes one JSON object per line: the `--alerts-out` contract.
+pub struct JsonlSink {
+    writer: std::io::BufWriter<std::fs::File>,
+    path: String,
+}
+
+impl JsonlSink {
+    pub fn create(path: &Path) -> anyhow::Result<Self> {
+        let file = std::fs::File::create(path)
+            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", path.display()))?;
+        Ok(JsonlSink {
+            writer: std::io::BufWriter::new(file),
+            path: path.display().to_string(),
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl AlertSink for JsonlSink {
+    async fn deliver(&mut self, record: &AlertRecord) {
+        let line = match serde_json::to_string(record) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "alert record not serialisable");
+                return;
+            }
+        };
+        if let Err(e) = writeln!(self.writer, "{line}") {
+            tracing::error!(path = %self.path, error = %e, "cannot write alert record");
+        }
+    }
+
+    async fn close(&mut self) {
+        if let Err(e) = self.writer.flush() {
+            tracing::error!(path = %self.path, error = %e, "cannot flush alert records");
+        }
+    }
+}

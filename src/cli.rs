@@ -1,0 +1,153 @@
+//! The command line (DESIGN §3, a contract): `demo`, `run`, `replay`.
+//!
+//! Every command takes `--config FILE`; every setting can also come from `CLUSTERWATCH_*`
+//! environment variables (see [`crate::config`]).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Settings;
+use crate::export::Metrics;
+use crate::replay::ReplayOutputs;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "clusterwatch",
+    version,
+    about = "Clusters live AI-assistant traffic by what people ask for and alerts on coordinated abuse.",
+    long_about = None
+)]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Everything embedded: an in-process Kafka-protocol broker, bundled real traffic with an
+    /// injected campaign, the full pipeline, /metrics, and alerts printed as they fire.
+    Demo(DemoArgs),
+    /// Production: consume Kafka, export metrics, push alerts. Stops cleanly on SIGTERM/SIGINT.
+    Run {
+        /// TOML settings file (defaults apply for anything it leaves out).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Run the pipeline over a JSONL file of v1 events, in event time, as fast as possible.
+    Replay(ReplayArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// TOML settings file layered over the demo defaults.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Organic conversations to generate.
+    #[arg(long, default_value_t = 6000)]
+    pub organic_events: usize,
+    /// Seed of the traffic generator.
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+    /// Address for /metrics and /healthz (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    pub listen: String,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ReplayArgs {
+    /// JSONL file, one v1 event per line.
+    #[arg(long)]
+    pub input: PathBuf,
+    /// TOML settings file.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Write one JSON line per alert state change.
+    #[arg(long)]
+    pub alerts_out: Option<PathBuf>,
+    /// Write one JSON line per accepted event: conversation_id, cluster_id, topic_id.
+    #[arg(long)]
+    pub assignments_out: Option<PathBuf>,
+    /// Write the k-anonymous cluster table as JSON.
+    #[arg(long)]
+    pub clusters_out: Option<PathBuf>,
+    /// Write one JSON line per rejected input line (line number and reason; never its text).
+    #[arg(long)]
+    pub dead_letter_out: Option<PathBuf>,
+}
+
+pub fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CLUSTERWATCH_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let result = if format == "json" {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+    // A second init (tests) is harmless.
+    let _ = result;
+}
+
+pub async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log_format);
+    let result = match cli.command {
+        Command::Demo(args) => crate::demo::run(args).await,
+        Command::Run { config } => run(config).await,
+        Command::Replay(args) => replay(args).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("clusterwatch: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: PathBuf) -> anyhow::Result<()> {
+    let settings = Settings::load(Some(&config))?;
+    let (trigger, _) = crate::shutdown::channel();
+    tokio::spawn(crate::shutdown::on_signal(trigger.clone()));
+    crate::run::run_kafka(settings, trigger, crate::run::RunOptions::default()).await?;
+    Ok(())
+}
+
+async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
+    let settings = Settings::load(args.config.as_deref())?;
+    let outputs = ReplayOutputs {
+        alerts: args.alerts_out,
+        assignments: args.assignments_out,
+        clusters: args.clusters_out,
+        dead_letter: args.dead_letter_out,
+    };
+    let metrics = Metrics::new();
+    let report = crate::replay::replay(
+        settings,
+        &args.input,
+        &outputs,
+        metrics.clone(),
+        None,
+        Vec::new(),
+    )
+    .await?;
+    eprintln!(
+        "replayed: {} lines read, {} rejected, {} duplicates, {} clustered into {} live clusters, {} alert state changes",
+        metrics.events_consumed.get(),
+        Metrics::counter_sum(&metrics.events_rejected),
+        metrics.events_duplicate.get(),
+        report.state.clustered_events(),
+        report.state.live_clusters(),
+        report.alerts.len()
+    );
+    Ok(())
+}

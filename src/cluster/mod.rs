@@ -1,0 +1,18 @@
+//! Cluster stage: online micro-clustering of summary vectors.
+//!
+//! Each event joins its nearest live cluster when the cosine similarity reaches the join
+//! threshold, and founds a new cluster otherwise. The state owns the per-cluster statistics the
+//! detectors read, and the de-duplication set that makes redelivery harmless.
+
+pub mod clock;
+pub mod dedup;
+pub mod distinct;
+pub mod index;
+pub mod label;
+pub mod micro;
+pub mod state;
+
+/// A cluster's stable id. Assigned in arrival order, so a replay of the same input reproduces it.
+pub type ClusterId = u64;
+
+pub use state::{Assignment, ClusterState};

@@ -1,0 +1,362 @@
+//! Settings for every component, as documented serde structs with their defaults beside them.
+//!
+//! Settings are layered: the built-in defaults (`config/default.toml`, compiled in), then an
+//! optional TOML file (`--config`), then environment variables `CLUSTERWATCH_<SECTION>__<KEY>`
+//! (double underscore separates nesting: `CLUSTERWATCH_KAFKA__BOOTSTRAP_SERVERS=host:9092`).
+//! Every field has a default, so a config file only says what differs.
+
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+use crate::summarize::offline::OfflineSummarizerConfig;
+
+/// The defaults, compiled into the binary so it runs with no file at all.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// All settings of one clusterwatch process.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    pub kafka: KafkaSettings,
+    pub limits: DecodeLimits,
+    pub pipeline: PipelineSettings,
+    pub summarizer: SummarizerSettings,
+    pub embedder: EmbedderSettings,
+    pub cluster: ClusterSettings,
+    pub detect: DetectSettings,
+    pub privacy: PrivacySettings,
+    pub alerts: AlertSettings,
+    pub http: HttpSettings,
+}
+
+impl Settings {
+    /// Loads defaults, then `file` if given, then `CLUSTERWATCH_*` environment overrides.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
+        let mut figment = Figment::new().merge(Toml::string(DEFAULT_TOML));
+        if let Some(path) = file {
+            if !path.exists() {
+                anyhow::bail!("config file {} does not exist", path.display());
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        figment = figment.merge(Env::prefixed("CLUSTERWATCH_").split("__"));
+        figment
+            .extract()
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))
+    }
+}
+
+/// The Kafka source, its dead-letter topic and consumer-group behaviour.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaSettings {
+    /// Comma-separated `host:port` list.
+    pub bootstrap_servers: String,
+    /// Topic of v1 conversation events.
+    pub topic: String,
+    /// Consumer group; instances sharing it split the partitions.
+    pub group_id: String,
+    /// Rejected messages go here, with the reason in the `clusterwatch-reject-reason` header.
+    pub dead_letter_topic: String,
+    /// How often stored offsets are committed, in milliseconds. Offsets are stored only after the
+    /// event's effect is in cluster state, so a shorter interval only shrinks redelivery on crash.
+    pub commit_interval_ms: u64,
+    /// Where a new group starts: `earliest` or `latest`.
+    pub auto_offset_reset: String,
+    /// Extra librdkafka properties, passed through verbatim (e.g. security settings).
+    pub extra: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for KafkaSettings {
+    fn default() -> Self {
+        KafkaSettings {
+            bootstrap_servers: "127.0.0.1:9092".into(),
+            topic: "conversations".into(),
+            group_id: "clusterwatch".into(),
+            dead_letter_topic: "conversations.dead-letter".into(),
+            commit_interval_ms: 1000,
+            auto_offset_reset: "earliest".into(),
+            extra: Default::default(),
+        }
+    }
+}
+
+/// Limits the decoder enforces before anything else looks at a message.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DecodeLimits {
+    /// Messages larger than this are rejected as `oversized` without being parsed.
+    pub max_message_bytes: usize,
+    /// Conversations with more turns are capped to this many (the request is in the first turns).
+    pub max_turns: usize,
+    /// Longest accepted `conversation_id` / `account_id`, in characters.
+    pub max_id_chars: usize,
+}
+
+impl Default for DecodeLimits {
+    fn default() -> Self {
+        DecodeLimits {
+            max_message_bytes: 1_048_576,
+            max_turns: 200,
+            max_id_chars: 128,
+        }
+    }
+}
+
+/// Channel sizes and batching between stages.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PipelineSettings {
+    /// Capacity of each bounded channel between stages. A full channel pauses consumption.
+    pub channel_capacity: usize,
+    /// How many summaries are embedded in one model call.
+    pub embed_batch_size: usize,
+    /// How long the embed stage waits to fill a batch in live mode, in milliseconds.
+    pub embed_linger_ms: u64,
+    /// How many summaries may be in flight at once (matters for remote summarizers).
+    pub summarize_concurrency: usize,
+}
+
+impl Default for PipelineSettings {
+    fn default() -> Self {
+        PipelineSettings {
+            channel_capacity: 512,
+            embed_batch_size: 32,
+            embed_linger_ms: 20,
+            summarize_concurrency: 4,
+        }
+    }
+}
+
+/// Which summarizer runs, and its settings.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SummarizerSettings {
+    /// `offline` is the only backend so far.
+    pub kind: SummarizerKind,
+    pub offline: OfflineSummarizerConfig,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SummarizerKind {
+    #[default]
+    Offline,
+}
+
+/// Which embedder runs, and where its model lives.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EmbedderSettings {
+    /// `minilm` (all-MiniLM-L6-v2, the default) or `hashing` (feature hashing, for unit tests).
+    pub kind: EmbedderKind,
+    /// Directory with `model.safetensors`, `tokenizer.json` and `config.json`
+    /// (filled by `scripts/fetch-model.sh`). Relative paths resolve against the working directory.
+    pub model_dir: PathBuf,
+    /// Inputs are truncated to this many tokens.
+    pub max_tokens: usize,
+    /// Dimension of the feature-hashing embedder.
+    pub hashing_dimension: usize,
+}
+
+impl Default for EmbedderSettings {
+    fn default() -> Self {
+        EmbedderSettings {
+            kind: EmbedderKind::Minilm,
+            model_dir: PathBuf::from("models/all-MiniLM-L6-v2"),
+            max_tokens: 128,
+            hashing_dimension: 256,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EmbedderKind {
+    #[default]
+    Minilm,
+    Hashing,
+}
+
+/// Online micro-clustering.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterSettings {
+    /// Cosine similarity at or above which an event joins its nearest cluster.
+    pub join_threshold: f32,
+    /// How long (event time) a conversation id is remembered to drop redeliveries, in seconds.
+    pub dedup_window_secs: i64,
+    /// Exact distinct-account tracking per cluster stops growing at this many members.
+    pub distinct_cap: usize,
+    /// Scrubbed summaries kept per cluster for labels.
+    pub reservoir_size: usize,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        ClusterSettings {
+            join_threshold: 0.62,
+            dedup_window_secs: 86_400,
+            distinct_cap: 50_000,
+            reservoir_size: 24,
+        }
+    }
+}
+
+/// Detectors.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DetectSettings {
+    pub coordinated: CoordinatedSettings,
+}
+
+/// The coordinated-cluster detector (DESIGN §6).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CoordinatedSettings {
+    /// Sliding event-time window over which joins are counted, in seconds.
+    pub window_secs: i64,
+    /// Distinct accounts joining within the window needed to become a candidate.
+    pub min_window_accounts: usize,
+    /// A single account may contribute at most this share of the window's joins.
+    pub max_top_account_share: f64,
+    /// Robust z-score of tightness, against clusters of similar size, needed to be a candidate.
+    pub min_tightness_z: f64,
+    /// Minimum clusters in the tightness population before the robust z is trusted; until then a
+    /// candidate needs `fallback_min_tightness`.
+    pub min_population: usize,
+    /// Tightness needed while the population is too small for robust statistics.
+    pub fallback_min_tightness: f64,
+    /// How long the condition must hold before pending becomes firing, in event seconds.
+    pub hold_secs: i64,
+    /// How long the condition must stay false before firing becomes resolved, in event seconds.
+    pub quiet_secs: i64,
+    /// Distinct window accounts from which the alert is `critical` rather than `warning`.
+    pub critical_accounts: usize,
+}
+
+impl Default for CoordinatedSettings {
+    fn default() -> Self {
+        CoordinatedSettings {
+            window_secs: 600,
+            min_window_accounts: 20,
+            max_top_account_share: 0.5,
+            min_tightness_z: 2.0,
+            min_population: 20,
+            fallback_min_tightness: 0.85,
+            hold_secs: 60,
+            quiet_secs: 900,
+            critical_accounts: 100,
+        }
+    }
+}
+
+/// k-anonymity gates: a cluster is shown anywhere only above both. Never exported.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PrivacySettings {
+    pub min_accounts: usize,
+    pub min_conversations: u64,
+}
+
+impl Default for PrivacySettings {
+    fn default() -> Self {
+        PrivacySettings {
+            min_accounts: 25,
+            min_conversations: 50,
+        }
+    }
+}
+
+/// Alert delivery.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AlertSettings {
+    /// Base URL of Alertmanager (e.g. `http://127.0.0.1:9093`); empty disables the sink.
+    pub alertmanager_url: String,
+    /// Firing alerts are re-sent this often (wall clock) so Alertmanager does not time them out.
+    pub alertmanager_resend_secs: u64,
+    /// Per-request timeout towards Alertmanager, in milliseconds.
+    pub alertmanager_timeout_ms: u64,
+    /// Delivery attempts before an alert is parked for the next resend.
+    pub alertmanager_max_attempts: u32,
+    /// Print alerts on stdout as they change state (the demo turns this on).
+    pub print: bool,
+    /// Written into `generatorURL` of Alertmanager alerts, e.g. a Grafana dashboard link.
+    pub generator_url: String,
+}
+
+impl Default for AlertSettings {
+    fn default() -> Self {
+        AlertSettings {
+            alertmanager_url: String::new(),
+            alertmanager_resend_secs: 60,
+            alertmanager_timeout_ms: 5_000,
+            alertmanager_max_attempts: 5,
+            print: false,
+            generator_url: String::new(),
+        }
+    }
+}
+
+/// The HTTP endpoint serving `/metrics` and `/healthz`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSettings {
+    /// `host:port`; empty disables the server. Port 0 picks a free port (logged).
+    pub listen: String,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        HttpSettings {
+            listen: "127.0.0.1:9464".into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn built_in_defaults_parse_and_match_the_struct_defaults() {
+        let from_toml: Settings = Figment::new()
+            .merge(Toml::string(DEFAULT_TOML))
+            .extract()
+            .expect("config/default.toml parses");
+        let from_struct = Settings::default();
+        assert_eq!(
+            serde_json::to_value(&from_toml).unwrap(),
+            serde_json::to_value(&from_struct).unwrap(),
+            "config/default.toml and the Default impls disagree"
+        );
+    }
+
+    #[test]
+    fn environment_overrides_files() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "c.toml",
+                "[kafka]\ntopic = \"from-file\"\ngroup_id = \"g\"\n",
+            )?;
+            jail.set_env("CLUSTERWATCH_KAFKA__TOPIC", "from-env");
+            let s = Settings::load(Some(Path::new("c.toml"))).expect("loads");
+            assert_eq!(s.kafka.topic, "from-env");
+            assert_eq!(s.kafka.group_id, "g");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_are_an_error_not_silently_ignored() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("c.toml", "[cluster]\njoin_treshold = 0.5\n")?;
+            assert!(Settings::load(Some(Path::new("c.toml"))).is_err());
+            Ok(())
+        });
+    }
+}

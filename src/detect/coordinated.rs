@@ -1,0 +1,469 @@
+//! The coordinated-cluster detector.
+//!
+//! Normal use is diffuse: a topic gathers accounts slowly and its members say different things.
+//! A campaign is many distinct accounts saying nearly the same thing within minutes. So a cluster
+//! is a candidate when, over a sliding event-time window:
+//! - many distinct accounts joined it (`min_window_accounts`),
+//! - no single account dominates the window (one heavy user is not a campaign),
+//! - it is tighter than typical clusters, by a robust z-score of tightness against the live
+//!   population (median/MAD), falling back to a fixed floor only while the population is small,
+//! - and it passes the privacy gate, since an alert shows the cluster.
+//!
+//! A candidate becomes an alert through [`Lifecycle`]: pending, firing after the hold time,
+//! resolved after the quiet time.
+
+use std::collections::BTreeMap;
+
+use super::lifecycle::{Lifecycle, Transition};
+use super::robust::RobustStats;
+use crate::alert::{
+    format_event_time, AlertKind, AlertRecord, AlertStatus, CoordinatedStats, Severity,
+};
+use crate::cluster::{label, ClusterId, ClusterState};
+use crate::config::CoordinatedSettings;
+use crate::privacy::{shown_label, LabelVerdict, PrivacyGate};
+
+/// Clusters smaller than this are too noisy to describe "typical" tightness.
+const POPULATION_MIN_COUNT: u64 = 5;
+/// The population statistics are refreshed at most this often in event time.
+const POPULATION_REFRESH_MS: i64 = 60_000;
+/// Floor on the tightness scale so a very uniform population does not inflate z-scores.
+const MIN_TIGHTNESS_SCALE: f64 = 0.02;
+
+struct Track {
+    lifecycle: Lifecycle,
+    alert_id: String,
+    window_start_ms: i64,
+    severity: Severity,
+}
+
+/// Result of evaluating one cluster.
+struct Evaluation {
+    candidate: bool,
+    stats: CoordinatedStats,
+    window_start_ms: i64,
+}
+
+pub struct CoordinatedDetector {
+    settings: CoordinatedSettings,
+    gate: PrivacyGate,
+    tracks: BTreeMap<ClusterId, Track>,
+    population: Option<RobustStats>,
+    population_refreshed_ms: i64,
+    labels_refused: u64,
+}
+
+impl CoordinatedDetector {
+    pub fn new(settings: CoordinatedSettings, gate: PrivacyGate) -> Self {
+        CoordinatedDetector {
+            settings,
+            gate,
+            tracks: BTreeMap::new(),
+            population: None,
+            population_refreshed_ms: i64::MIN,
+            labels_refused: 0,
+        }
+    }
+
+    /// Evaluates `touched` (the cluster an event just joined) and every cluster with an open
+    /// alert, at event time `clock_ms` (the stage's [`crate::cluster::clock::EventClock`]).
+    /// Each cluster is evaluated at the later of the clock and its own latest join, so a cluster
+    /// fed by a partition that runs ahead is judged on its own timeline, and an idle cluster's
+    /// alert still ages out as the clock advances. Returns the state changes in cluster-id order.
+    pub fn observe(
+        &mut self,
+        state: &mut ClusterState,
+        touched: Option<ClusterId>,
+        clock_ms: i64,
+    ) -> Vec<AlertRecord> {
+        self.refresh_population(state, clock_ms);
+        let mut ids: Vec<ClusterId> = self.tracks.keys().copied().collect();
+        if let Some(id) = touched {
+            if !self.tracks.contains_key(&id) {
+                ids.push(id);
+            }
+        }
+        ids.sort_unstable();
+        let mut records = Vec::new();
+        for id in ids {
+            let now_ms = state
+                .cluster(id)
+                .map_or(clock_ms, |c| c.last_seen_ms.max(clock_ms));
+            if let Some(record) = self.evaluate_and_step(state, id, now_ms) {
+                records.push(record);
+            }
+        }
+        records
+    }
+
+    /// Alerts currently pending or firing.
+    pub fn open_alerts(&self) -> usize {
+        self.tracks.len()
+    }
+
+    pub fn firing_alerts(&self) -> usize {
+        self.tracks
+            .values()
+            .filter(|t| t.lifecycle.is_firing())
+            .count()
+    }
+
+    /// Labels the auditor refused so far (they were replaced by the generic label).
+    pub fn labels_refused(&self) -> u64 {
+        self.labels_refused
+    }
+
+    fn refresh_population(&mut self, state: &ClusterState, now_ms: i64) {
+        if self.population.is_some()
+            && now_ms.saturating_sub(self.population_refreshed_ms) < POPULATION_REFRESH_MS
+        {
+            return;
+        }
+        let tightness: Vec<f64> = state
+            .clusters()
+            .filter(|c| c.count >= POPULATION_MIN_COUNT)
+            .map(|c| c.tightness())
+            .collect();
+        self.population = RobustStats::of(&tightness);
+        self.population_refreshed_ms = now_ms;
+    }
+
+    fn evaluate_and_step(
+        &mut self,
+        state: &mut ClusterState,
+        id: ClusterId,
+        now_ms: i64,
+    ) -> Option<AlertRecord> {
+        let evaluation = self.evaluate(state, id, now_ms);
+        let candidate = evaluation.as_ref().is_some_and(|e| e.candidate);
+        let transition = match self.tracks.get_mut(&id) {
+            Some(track) => {
+                let t = track.lifecycle.step(candidate, now_ms);
+                if let (Some(e), Transition::None) = (&evaluation, t) {
+                    // Re-notify when severity escalates while firing.
+                    let severity = severity_for(&self.settings, &e.stats);
+                    if track.lifecycle.is_firing() && severity > track.severity {
+                        track.severity = severity;
+                        Transition::To(AlertStatus::Firing)
+                    } else {
+                        Transition::None
+                    }
+                } else {
+                    t
+                }
+            }
+            None if candidate => {
+                let e = evaluation.as_ref()?;
+                let (lifecycle, t) =
+                    Lifecycle::open(now_ms, self.settings.hold_secs, self.settings.quiet_secs);
+                self.tracks.insert(
+                    id,
+                    Track {
+                        lifecycle,
+                        alert_id: format!("coordinated_cluster-{id}-{}", e.window_start_ms),
+                        window_start_ms: e.window_start_ms,
+                        severity: self.severity_for(&e.stats),
+                    },
+                );
+                t
+            }
+            None => Transition::None,
+        };
+        let Transition::To(status) = transition else {
+            return None;
+        };
+        let track = self.tracks.get(&id)?;
+        let stats = evaluation.map(|e| e.stats).unwrap_or_else(|| empty_stats());
+        let label = match state.cluster(id) {
+            Some(c) => {
+                let (label, verdict) = shown_label(&label::keyword_label(&c.reservoir));
+                if verdict != LabelVerdict::Pass {
+                    self.labels_refused += 1;
+                }
+                label
+            }
+            None => crate::privacy::GENERIC_LABEL.to_string(),
+        };
+        let surface = stats
+            .surfaces
+            .iter()
+            .max_by(|a, b| a.1.cmp(b.1).then_with(|| b.0.cmp(a.0)))
+            .map(|(s, _)| s.clone());
+        let record = AlertRecord {
+            alert_id: track.alert_id.clone(),
+            kind: AlertKind::CoordinatedCluster,
+            status,
+            severity: track.severity,
+            cluster_id: Some(id),
+            surface,
+            window_start: format_event_time(track.window_start_ms),
+            event_time: format_event_time(now_ms),
+            stats,
+            label,
+        };
+        if status == AlertStatus::Resolved {
+            self.tracks.remove(&id);
+        }
+        Some(record)
+    }
+
+    fn evaluate(&self, state: &mut ClusterState, id: ClusterId, now_ms: i64) -> Option<Evaluation> {
+        let window_ms = self.settings.window_secs * 1000;
+        let cluster = state.cluster_mut(id)?;
+        cluster.recent.expire_before(now_ms - window_ms);
+        let window_accounts = cluster.recent.distinct_accounts();
+        let window_conversations = cluster.recent.joins();
+        let first = cluster.recent.first_time_ms().unwrap_or(now_ms);
+        let last = cluster.recent.last_time_ms().unwrap_or(now_ms);
+        // A burst inside one minute still counts as one minute, so the rate stays finite.
+        let span_minutes = ((last - first) as f64 / 60_000.0).max(1.0);
+        let tightness = cluster.tightness();
+        let tightness_z = self
+            .population
+            .filter(|p| p.n >= self.settings.min_population)
+            .map(|p| p.z(tightness, MIN_TIGHTNESS_SCALE));
+        let tight_enough = match tightness_z {
+            Some(z) => z >= self.settings.min_tightness_z,
+            None => tightness >= self.settings.fallback_min_tightness,
+        };
+        let top_account_share = cluster.recent.top_account_share();
+        let candidate = self.gate.admits(cluster)
+            && window_accounts >= self.settings.min_window_accounts
+            && top_account_share <= self.settings.max_top_account_share
+            && tight_enough;
+        Some(Evaluation {
+            candidate,
+            window_start_ms: first,
+            stats: CoordinatedStats {
+                conversations: cluster.count,
+                accounts: cluster.accounts.count(),
+                orgs: cluster.orgs.count(),
+                window_conversations,
+                window_accounts,
+                accounts_per_minute: round4(window_accounts as f64 / span_minutes),
+                tightness: round4(tightness),
+                tightness_z: round4(tightness_z.unwrap_or(0.0)),
+                top_account_share: round4(top_account_share),
+                refusal_rate: round4(cluster.refusal_rate()),
+                mean_concern: round4(cluster.mean_concern()),
+                surfaces: cluster.surfaces.clone(),
+                languages: cluster.languages.clone(),
+            },
+        })
+    }
+
+    fn severity_for(&self, stats: &CoordinatedStats) -> Severity {
+        severity_for(&self.settings, stats)
+    }
+}
+
+/// Critical from `critical_accounts` distinct accounts in the window, warning below.
+fn severity_for(settings: &CoordinatedSettings, stats: &CoordinatedStats) -> Severity {
+    if stats.window_accounts >= settings.critical_accounts {
+        Severity::Critical
+    } else {
+        Severity::Warning
+    }
+}
+
+fn empty_stats() -> CoordinatedStats {
+    CoordinatedStats {
+        conversations: 0,
+        accounts: 0,
+        orgs: 0,
+        window_conversations: 0,
+        window_accounts: 0,
+        accounts_per_minute: 0.0,
+        tightness: 0.0,
+        tightness_z: 0.0,
+        top_account_share: 0.0,
+        refusal_rate: 0.0,
+        mean_concern: 0.0,
+        surfaces: BTreeMap::new(),
+        languages: BTreeMap::new(),
+    }
+}
+
+/// Rounded so alert records are byte-stable across platforms' last-bit float differences.
+fn round4(x: f64) -> f64 {
+    (x * 10_000.0).round() / 10_000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ClusterSettings, PrivacySettings};
+    use crate::embed::{hashing::HashingEmbedder, Embedder};
+    use crate::event::{identity_key, EventMeta};
+    use crate::summarize::Summary;
+
+    struct World {
+        state: ClusterState,
+        detector: CoordinatedDetector,
+        embedder: HashingEmbedder,
+        records: Vec<AlertRecord>,
+        n: u64,
+    }
+
+    impl World {
+        fn new() -> Self {
+            let embedder = HashingEmbedder::new(512);
+            World {
+                state: ClusterState::new(
+                    ClusterSettings {
+                        join_threshold: 0.55,
+                        ..Default::default()
+                    },
+                    512,
+                    embedder.id(),
+                ),
+                detector: CoordinatedDetector::new(
+                    CoordinatedSettings::default(),
+                    PrivacyGate::new(PrivacySettings::default()),
+                ),
+                embedder,
+                records: Vec::new(),
+                n: 0,
+            }
+        }
+
+        fn send(&mut self, account: &str, text: &str, t_secs: i64) {
+            self.n += 1;
+            let conv = format!("c{}", self.n);
+            let meta = EventMeta {
+                conversation_id: conv.clone(),
+                conversation_key: identity_key("conversation", &conv),
+                account_key: identity_key("account", account),
+                org_key: None,
+                event_time_ms: t_secs * 1000,
+                surface: "chat".into(),
+                classifier_flagged: false,
+            };
+            let summary = Summary {
+                request: text.into(),
+                task: "other".into(),
+                language: "en".into(),
+                concern: 1,
+                refused: false,
+            };
+            let v = self.embedder.embed_batch(&[text.to_string()]).unwrap();
+            let a = self.state.assign(0, &meta, &summary, &v[0]).unwrap();
+            let clock = self.state.clock_ms();
+            self.records.extend(
+                self.detector
+                    .observe(&mut self.state, a.cluster_id(), clock),
+            );
+        }
+
+        /// Diffuse organic traffic: 300 distinct topics, each asked now and then.
+        fn organic(&mut self, from_secs: i64, to_secs: i64, every_secs: i64) {
+            let mut t = from_secs;
+            let mut i = 0u64;
+            while t < to_secs {
+                let topic = (i * 7919) % 300;
+                let text = format!(
+                    "topic{topic} question about subject{topic} variant{}",
+                    i % 5
+                );
+                self.send(&format!("organic-{}", i % 900), &text, t);
+                t += every_secs;
+                i += 1;
+            }
+        }
+
+        fn firing(&self) -> usize {
+            self.records
+                .iter()
+                .filter(|r| r.status == AlertStatus::Firing)
+                .count()
+        }
+    }
+
+    #[test]
+    fn a_campaign_of_fresh_accounts_fires_once_and_resolves_after_quiet_time() {
+        let mut w = World::new();
+        w.organic(0, 3600, 2);
+        assert_eq!(w.firing(), 0, "organic traffic is diffuse");
+        // 40 accounts, 2 messages each, within 4 minutes.
+        for i in 0..80 {
+            w.send(
+                &format!("fresh-{}", i % 40),
+                "claim your free camcorder now reply or call for delivery",
+                3600 + i * 3,
+            );
+        }
+        w.organic(3840, 3840 + 1800, 2);
+        let statuses: Vec<AlertStatus> = w.records.iter().map(|r| r.status).collect();
+        assert_eq!(
+            statuses,
+            vec![
+                AlertStatus::Pending,
+                AlertStatus::Firing,
+                AlertStatus::Resolved
+            ],
+            "{:#?}",
+            w.records
+        );
+        let firing = &w.records[1];
+        assert_eq!(firing.kind, AlertKind::CoordinatedCluster);
+        assert!(firing.stats.window_accounts >= 25);
+        assert!(firing.stats.tightness > 0.9);
+        assert_eq!(firing.severity, Severity::Warning);
+        assert_eq!(
+            firing.alert_id, w.records[2].alert_id,
+            "one alert id across its lifecycle"
+        );
+        assert!(!firing.label.is_empty());
+    }
+
+    #[test]
+    fn one_heavy_account_is_not_a_campaign() {
+        let mut w = World::new();
+        w.organic(0, 3600, 2);
+        for i in 0..200 {
+            // 190 from one account, a few others join in.
+            let account = if i % 20 == 0 {
+                format!("other-{i}")
+            } else {
+                "heavy".into()
+            };
+            w.send(
+                &account,
+                "claim your free camcorder now reply or call for delivery",
+                3600 + i,
+            );
+        }
+        assert_eq!(w.firing(), 0, "{:#?}", w.records);
+    }
+
+    #[test]
+    fn the_same_request_spread_over_days_is_not_a_campaign() {
+        let mut w = World::new();
+        w.organic(0, 3600, 2);
+        // 60 accounts, one every 20 minutes: never 20 in a 10-minute window.
+        for i in 0..60 {
+            w.send(
+                &format!("slow-{i}"),
+                "what is the weather like today",
+                3600 + i * 1200,
+            );
+        }
+        assert_eq!(w.firing(), 0, "{:#?}", w.records);
+    }
+
+    #[test]
+    fn a_cluster_below_the_privacy_gate_never_alerts() {
+        let mut w = World::new();
+        w.organic(0, 3600, 2);
+        // 24 accounts x 3 messages: enough in the window, but under min_accounts = 25.
+        for i in 0..72 {
+            w.send(
+                &format!("few-{}", i % 24),
+                "buy cheap followers here now",
+                3600 + i * 2,
+            );
+        }
+        assert_eq!(w.firing(), 0, "{:#?}", w.records);
+        assert!(w.records.is_empty(), "not even pending below the gate");
+    }
+}

@@ -1,0 +1,100 @@
+//! The k-anonymous cluster table: what `--clusters-out` writes and the demo prints.
+//!
+//! Only clusters that pass the privacy gate appear, with counts, facet breakdowns and an audited
+//! label. Everything below the gate is folded into totals.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::alert::format_event_time;
+use crate::cluster::{label, ClusterId, ClusterState};
+use crate::privacy::{shown_label, PrivacyGate};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterTable {
+    /// Event time the table reflects.
+    pub event_time: String,
+    pub totals: Totals,
+    /// Gate-passing clusters, largest first.
+    pub clusters: Vec<ClusterRow>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Totals {
+    pub events_clustered: u64,
+    pub live_clusters: usize,
+    pub visible_clusters: usize,
+    pub hidden_clusters: usize,
+    pub conversations_in_hidden_clusters: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterRow {
+    pub cluster_id: ClusterId,
+    pub label: String,
+    pub conversations: u64,
+    pub accounts: usize,
+    pub orgs: usize,
+    pub tightness: f64,
+    pub born: String,
+    pub last_seen: String,
+    pub refusal_rate: f64,
+    pub mean_concern: f64,
+    pub classifier_flag_rate: f64,
+    pub surfaces: BTreeMap<String, u64>,
+    pub languages: BTreeMap<String, u64>,
+    pub tasks: BTreeMap<String, u64>,
+}
+
+impl ClusterTable {
+    pub fn build(state: &ClusterState, gate: &PrivacyGate) -> Self {
+        let mut rows = Vec::new();
+        let mut hidden = 0usize;
+        let mut hidden_conversations = 0u64;
+        for c in state.clusters() {
+            if !gate.admits(c) {
+                hidden += 1;
+                hidden_conversations += c.count;
+                continue;
+            }
+            let (label, _) = shown_label(&label::keyword_label(&c.reservoir));
+            rows.push(ClusterRow {
+                cluster_id: c.id,
+                label,
+                conversations: c.count,
+                accounts: c.accounts.count(),
+                orgs: c.orgs.count(),
+                tightness: round4(c.tightness()),
+                born: format_event_time(c.born_ms),
+                last_seen: format_event_time(c.last_seen_ms),
+                refusal_rate: round4(c.refusal_rate()),
+                mean_concern: round4(c.mean_concern()),
+                classifier_flag_rate: round4(c.classifier_flagged as f64 / c.count.max(1) as f64),
+                surfaces: c.surfaces.clone(),
+                languages: c.languages.clone(),
+                tasks: c.tasks.clone(),
+            });
+        }
+        rows.sort_by(|a, b| {
+            b.conversations
+                .cmp(&a.conversations)
+                .then(a.cluster_id.cmp(&b.cluster_id))
+        });
+        ClusterTable {
+            event_time: format_event_time(state.watermark_ms().max(0)),
+            totals: Totals {
+                events_clustered: state.clustered_events(),
+                live_clusters: state.live_clusters(),
+                visible_clusters: rows.len(),
+                hidden_clusters: hidden,
+                conversations_in_hidden_clusters: hidden_conversations,
+            },
+            clusters: rows,
+        }
+    }
+}
+
+fn round4(x: f64) -> f64 {
+    (x * 10_000.0).round() / 10_000.0
+}

@@ -1,0 +1,283 @@
+//! Every Prometheus metric clusterwatch exports, registered in one place.
+//!
+//! We use the `prometheus` crate (the design card's choice; it has mature histogram and text
+//! encoding support and is what most Rust services already run). Metrics live in a per-pipeline
+//! [`Registry`] rather than the global default, so tests can run several pipelines in one process.
+//!
+//! Labels are bounded by construction: `stage`, `reason`, `surface`, `kind`, `severity`,
+//! `status`. Surfaces outside the known set are folded into `other`. No cluster id, account id or
+//! text is ever a label value.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::decode::DecodeError;
+
+/// Surfaces that get their own label value; anything else is `other`.
+pub const KNOWN_SURFACES: &[&str] = &["chat", "api", "computer_use", "code", "unknown"];
+
+/// Reject reasons raised after decoding (the decoder's own are [`DecodeError::REASONS`]).
+pub const LATE_REJECT_REASONS: &[&str] = &["summarize_failed", "embed_failed"];
+
+/// Pipeline stages, the values of the `stage` label.
+pub const STAGES: &[&str] = &[
+    "source",
+    "decode",
+    "summarize",
+    "embed",
+    "cluster",
+    "detect",
+    "dead_letter",
+];
+
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    pub events_consumed: IntCounter,
+    pub events_rejected: IntCounterVec,
+    pub events_clustered: IntCounterVec,
+    pub events_duplicate: IntCounter,
+    pub turns_capped: IntCounter,
+    pub dead_letter_written: IntCounter,
+    pub dead_letter_retries: IntCounter,
+    pub stage_errors: IntCounterVec,
+    pub stage_duration: HistogramVec,
+    pub alerts: IntCounterVec,
+    pub alerts_delivered: IntCounterVec,
+    pub alert_delivery_failures: IntCounterVec,
+    pub clusters_founded: IntCounter,
+    pub clusters_expired: IntCounter,
+    pub live_clusters: IntGauge,
+    pub visible_clusters: IntGauge,
+    pub open_alerts: IntGaugeVec,
+    pub labels_refused: IntCounter,
+    pub event_time_watermark: prometheus::Gauge,
+    pub offsets_stored: IntCounter,
+    pub offset_store_failures: IntCounter,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        macro_rules! reg {
+            ($m:expr) => {{
+                let m = $m.expect("metric definition is valid");
+                registry
+                    .register(Box::new(m.clone()))
+                    .expect("metric names are unique");
+                m
+            }};
+        }
+        let stage_buckets = vec![
+            0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
+            0.25, 0.5, 1.0, 2.5, 5.0,
+        ];
+        let metrics = Metrics {
+            events_consumed: reg!(IntCounter::new(
+                "clusterwatch_events_consumed_total",
+                "Messages read from the source, valid or not."
+            )),
+            events_rejected: reg!(IntCounterVec::new(
+                Opts::new(
+                    "clusterwatch_events_rejected_total",
+                    "Messages rejected by the decoder, by reason; each went to the dead-letter topic."
+                ),
+                &["reason"]
+            )),
+            events_clustered: reg!(IntCounterVec::new(
+                Opts::new(
+                    "clusterwatch_events_clustered_total",
+                    "Events assigned to a cluster, by surface."
+                ),
+                &["surface"]
+            )),
+            events_duplicate: reg!(IntCounter::new(
+                "clusterwatch_events_duplicate_total",
+                "Redelivered conversations recognised and not counted again."
+            )),
+            turns_capped: reg!(IntCounter::new(
+                "clusterwatch_events_turns_capped_total",
+                "Events whose turn list was cut to the configured maximum."
+            )),
+            dead_letter_written: reg!(IntCounter::new(
+                "clusterwatch_dead_letter_written_total",
+                "Rejected messages delivered to the dead-letter sink."
+            )),
+            dead_letter_retries: reg!(IntCounter::new(
+                "clusterwatch_dead_letter_retries_total",
+                "Dead-letter deliveries that failed and were retried."
+            )),
+            stage_errors: reg!(IntCounterVec::new(
+                Opts::new(
+                    "clusterwatch_stage_errors_total",
+                    "Errors inside a pipeline stage, by stage."
+                ),
+                &["stage"]
+            )),
+            stage_duration: reg!(HistogramVec::new(
+                HistogramOpts::new(
+                    "clusterwatch_stage_duration_seconds",
+                    "Time spent per event in each pipeline stage (embed: per batch member)."
+                )
+                .buckets(stage_buckets),
+                &["stage"]
+            )),
+            alerts: reg!(IntCounterVec::new(
+                Opts::new(
+                    "clusterwatch_alerts_total",
+                    "Alert state changes, by kind, severity and status."
+                ),
+                &["kind", "severity", "status"]
+            )),
+            alerts_delivered: reg!(IntCounterVec::new(
+                Opts::new(
+                    "clusterwatch_alert_deliveries_total",
+                    "Alert records delivered, by sink."
+                ),
+                &["sink"]
+            )),
+            alert_delivery_failures: reg!(IntCounterVec::new(
+                Opts::new(
+                    "clusterwatch_alert_delivery_failures_total",
+                    "Failed alert delivery attempts, by sink."
+                ),
+                &["sink"]
+            )),
+            clusters_founded: reg!(IntCounter::new(
+                "clusterwatch_clusters_founded_total",
+                "Micro-clusters founded."
+            )),
+            clusters_expired: reg!(IntCounter::new(
+                "clusterwatch_clusters_expired_total",
+                "Micro-clusters removed after going idle in event time."
+            )),
+            live_clusters: reg!(IntGauge::new(
+                "clusterwatch_live_clusters",
+                "Micro-clusters currently held in memory."
+            )),
+            visible_clusters: reg!(IntGauge::new(
+                "clusterwatch_visible_clusters",
+                "Live micro-clusters that pass the privacy gate."
+            )),
+            open_alerts: reg!(IntGaugeVec::new(
+                Opts::new(
+                    "clusterwatch_open_alerts",
+                    "Alerts currently pending or firing, by kind and status."
+                ),
+                &["kind", "status"]
+            )),
+            labels_refused: reg!(IntCounter::new(
+                "clusterwatch_labels_refused_total",
+                "Cluster labels the privacy auditor refused and replaced with a generic label."
+            )),
+            event_time_watermark: reg!(prometheus::Gauge::new(
+                "clusterwatch_event_time_watermark_seconds",
+                "Latest event time seen by the cluster stage, as a Unix timestamp."
+            )),
+            offsets_stored: reg!(IntCounter::new(
+                "clusterwatch_offsets_stored_total",
+                "Source offsets stored for commit after their event reached cluster state."
+            )),
+            offset_store_failures: reg!(IntCounter::new(
+                "clusterwatch_offset_store_failures_total",
+                "Offsets that could not be stored (e.g. the partition was revoked meanwhile)."
+            )),
+            registry,
+        };
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "clusterwatch_build_info",
+                "Build information; the value is always 1.",
+            ),
+            &["version"],
+        )
+        .expect("valid");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        metrics
+            .registry
+            .register(Box::new(build_info))
+            .expect("unique");
+        // Pre-create every bounded label value so dashboards and rate() see zeros, not gaps.
+        for reason in DecodeError::REASONS.iter().chain(LATE_REJECT_REASONS) {
+            metrics.events_rejected.with_label_values(&[reason]);
+        }
+        for stage in STAGES {
+            metrics.stage_errors.with_label_values(&[stage]);
+        }
+        metrics
+    }
+
+    /// The `surface` label value for a surface string.
+    pub fn surface_label(surface: &str) -> &str {
+        KNOWN_SURFACES
+            .iter()
+            .find(|s| **s == surface)
+            .copied()
+            .unwrap_or("other")
+    }
+
+    pub fn observe_stage(&self, stage: &str, seconds: f64) {
+        self.stage_duration
+            .with_label_values(&[stage])
+            .observe(seconds);
+    }
+
+    /// The metrics in Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let encoder = TextEncoder::new();
+        if let Err(e) = encoder.encode(&self.registry.gather(), &mut buf) {
+            tracing::error!(error = %e, "metrics encoding failed");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+
+    /// Reads a counter's current value, for summaries and tests.
+    pub fn counter_sum(vec: &IntCounterVec) -> u64 {
+        use prometheus::core::Collector;
+        vec.collect()
+            .iter()
+            .flat_map(|mf| {
+                mf.get_metric()
+                    .iter()
+                    .map(|m| m.get_counter().get_value() as u64)
+            })
+            .sum()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reject_reason_is_exported_as_zero_from_the_start() {
+        let m = Metrics::new();
+        let text = m.render();
+        for reason in DecodeError::REASONS {
+            assert!(
+                text.contains(&format!(
+                    "clusterwatch_events_rejected_total{{reason=\"{reason}\"}} 0"
+                )),
+                "{reason} missing"
+            );
+        }
+        assert!(text.contains("clusterwatch_build_info{version="));
+    }
+
+    #[test]
+    fn unknown_surfaces_fold_into_other() {
+        assert_eq!(Metrics::surface_label("computer_use"), "computer_use");
+        assert_eq!(Metrics::surface_label("a-new-thing"), "other");
+    }
+}

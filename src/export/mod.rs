@@ -1,0 +1,7 @@
+//! Export: Prometheus metrics, the HTTP endpoint serving them, and the k-anonymous cluster table.
+
+pub mod clusters;
+pub mod http;
+pub mod metrics;
+
+pub use metrics::Metrics;

@@ -1,0 +1,30 @@
+//! clusterwatch: watches the live traffic of an AI assistant, clusters what people use it for, and
+//! raises an alert when a cluster looks like coordinated abuse.
+//!
+//! The crate is laid out as the pipeline it runs, one stage per module, data flowing one way
+//! through bounded channels:
+//!
+//! ```text
+//! source (kafka | file) → decode → summarize → embed → cluster → detect → alert + export
+//! ```
+//!
+//! Raw conversation text exists only between `decode` and `summarize`; everything downstream
+//! sees a scrubbed summary, hashed account ids and vectors. See `ARCHITECTURE.md`.
+
+pub mod alert;
+pub mod cli;
+pub mod cluster;
+pub mod config;
+pub mod decode;
+pub mod demo;
+pub mod detect;
+pub mod embed;
+pub mod event;
+pub mod export;
+pub mod pipeline;
+pub mod privacy;
+pub mod replay;
+pub mod run;
+pub mod shutdown;
+pub mod source;
+pub mod summarize;

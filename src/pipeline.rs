@@ -1,0 +1,622 @@
+//! Wires the stages together: decode + summarize → embed → cluster + detect → alert sinks, joined
+//! by bounded channels.
+//!
+//! Order is preserved end to end: every message, valid or not, travels the whole pipeline as
+//! [`Work`], so the cluster stage acknowledges source positions in the order they were read. A
+//! position is acknowledged only once its event is in cluster state (or its rejection is in the
+//! dead-letter sink), which is what makes a committed offset a promise. A full channel blocks the
+//! stage before it, and ultimately the source: that is the backpressure.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use tokio::sync::mpsc;
+
+use crate::alert::sinks::AlertSink;
+use crate::alert::AlertRecord;
+use crate::cluster::{Assignment, ClusterId, ClusterState};
+use crate::config::Settings;
+use crate::decode::{self, DecodeError};
+use crate::detect::CoordinatedDetector;
+use crate::embed::Embedder;
+use crate::event::EventMeta;
+use crate::export::Metrics;
+use crate::privacy::PrivacyGate;
+use crate::source::{DeadLetterSink, OffsetAcker, RawMessage, Rejection, SourcePosition};
+use crate::summarize::{Summarizer, Summary};
+
+/// How often (in clustered events) idle clusters are swept and gauges refreshed.
+const MAINTENANCE_EVERY: u64 = 1_000;
+/// Clusters with no event for this long (event time) are removed from memory.
+const IDLE_EXPIRY_SECS: i64 = 7 * 86_400;
+
+/// One message on its way through the stages.
+enum Work {
+    /// Rejected and dead-lettered: only its position remains, to be acknowledged in order.
+    Skip { position: SourcePosition },
+    Summarized {
+        meta: EventMeta,
+        summary: Summary,
+        position: SourcePosition,
+    },
+}
+
+struct Embedded {
+    work: Work,
+    vector: Option<Vec<f32>>,
+}
+
+/// One line of `--assignments-out`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct AssignmentRecord {
+    pub conversation_id: String,
+    pub cluster_id: ClusterId,
+    /// The topic (second hierarchy level). No hierarchy is built yet, so it is always null.
+    pub topic_id: Option<u64>,
+}
+
+/// Receives assignments in order; called from the cluster stage's thread.
+pub trait AssignmentSink: Send {
+    fn write(&mut self, record: &AssignmentRecord) -> anyhow::Result<()>;
+    fn flush(&mut self) -> anyhow::Result<()>;
+}
+
+/// Everything a pipeline run needs besides its input.
+pub struct Pipeline {
+    pub settings: Settings,
+    pub summarizer: Arc<dyn Summarizer>,
+    pub embedder: Arc<dyn Embedder>,
+    pub dead_letter: Arc<dyn DeadLetterSink>,
+    pub acker: Arc<dyn OffsetAcker>,
+    pub assignments: Option<Box<dyn AssignmentSink>>,
+    pub alert_sinks: Vec<Box<dyn AlertSink>>,
+    pub metrics: Metrics,
+    /// Replay mode: embed batches are always filled to `embed_batch_size` (or end of input), so
+    /// batch composition — and with it every float — is independent of timing.
+    pub deterministic_batches: bool,
+}
+
+/// What a finished run leaves behind, for summaries and `--clusters-out`.
+pub struct PipelineReport {
+    pub state: ClusterState,
+    pub detector: CoordinatedDetector,
+    pub gate: PrivacyGate,
+    /// The most recent alert state changes (at most [`KEPT_ALERTS`]).
+    pub alerts: std::collections::VecDeque<AlertRecord>,
+}
+
+/// Alert records kept in memory for the end-of-run report.
+pub const KEPT_ALERTS: usize = 10_000;
+
+impl Pipeline {
+    /// Runs until `input` closes and every stage has drained.
+    pub async fn run(self, input: mpsc::Receiver<RawMessage>) -> anyhow::Result<PipelineReport> {
+        let capacity = self.settings.pipeline.channel_capacity.max(1);
+        let (summarized_tx, summarized_rx) = mpsc::channel::<Work>(capacity);
+        let (embedded_tx, embedded_rx) = mpsc::channel::<Embedded>(capacity);
+        let (alert_tx, alert_rx) = mpsc::channel::<AlertRecord>(capacity);
+
+        let summarize = tokio::spawn(summarize_stage(
+            input,
+            summarized_tx,
+            self.settings.clone(),
+            self.summarizer.clone(),
+            self.dead_letter.clone(),
+            self.metrics.clone(),
+        ));
+        let embed = tokio::spawn(embed_stage(
+            summarized_rx,
+            embedded_tx,
+            self.embedder.clone(),
+            self.settings.pipeline.embed_batch_size.max(1),
+            Duration::from_millis(self.settings.pipeline.embed_linger_ms),
+            self.deterministic_batches,
+            self.dead_letter.clone(),
+            self.metrics.clone(),
+        ));
+        let gate = PrivacyGate::new(self.settings.privacy.clone());
+        let state = ClusterState::new(
+            self.settings.cluster.clone(),
+            self.embedder.dimension(),
+            self.embedder.id(),
+        );
+        let detector =
+            CoordinatedDetector::new(self.settings.detect.coordinated.clone(), gate.clone());
+        let cluster = {
+            let metrics = self.metrics.clone();
+            let acker = self.acker.clone();
+            let assignments = self.assignments;
+            let gate = gate.clone();
+            tokio::task::spawn_blocking(move || {
+                cluster_stage(
+                    embedded_rx,
+                    alert_tx,
+                    state,
+                    detector,
+                    gate,
+                    acker,
+                    assignments,
+                    metrics,
+                )
+            })
+        };
+        let alerts = tokio::spawn(alert_stage(
+            alert_rx,
+            self.alert_sinks,
+            self.metrics.clone(),
+        ));
+
+        // Join in pipeline order; an upstream failure closes channels so downstream still drains.
+        let summarize_result = summarize.await;
+        let embed_result = embed.await;
+        let cluster_result = cluster.await;
+        let alerts_result = alerts.await;
+
+        summarize_result.map_err(|e| anyhow::anyhow!("summarize stage panicked: {e}"))??;
+        embed_result.map_err(|e| anyhow::anyhow!("embed stage panicked: {e}"))??;
+        let (state, detector) =
+            cluster_result.map_err(|e| anyhow::anyhow!("cluster stage panicked: {e}"))??;
+        let alerts = alerts_result.map_err(|e| anyhow::anyhow!("alert stage panicked: {e}"))?;
+        Ok(PipelineReport {
+            state,
+            detector,
+            gate,
+            alerts,
+        })
+    }
+}
+
+/// Decodes and summarizes, `summarize_concurrency` messages at a time, emitting in input order.
+async fn summarize_stage(
+    input: mpsc::Receiver<RawMessage>,
+    output: mpsc::Sender<Work>,
+    settings: Settings,
+    summarizer: Arc<dyn Summarizer>,
+    dead_letter: Arc<dyn DeadLetterSink>,
+    metrics: Metrics,
+) -> anyhow::Result<()> {
+    let concurrency = settings.pipeline.summarize_concurrency.max(1);
+    let limits = settings.limits.clone();
+    let mut results = tokio_stream_from(input)
+        .map(|message| {
+            let summarizer = summarizer.clone();
+            let dead_letter = dead_letter.clone();
+            let metrics = metrics.clone();
+            let limits = limits.clone();
+            async move {
+                process_message(
+                    message,
+                    &limits,
+                    summarizer.as_ref(),
+                    dead_letter.as_ref(),
+                    &metrics,
+                )
+                .await
+            }
+        })
+        .buffered(concurrency);
+    while let Some(result) = results.next().await {
+        let work = result?;
+        if output.send(work).await.is_err() {
+            anyhow::bail!("embed stage stopped early");
+        }
+    }
+    Ok(())
+}
+
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: mpsc::Receiver<T>,
+) -> impl futures::Stream<Item = T> {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+async fn process_message(
+    message: RawMessage,
+    limits: &crate::config::DecodeLimits,
+    summarizer: &dyn Summarizer,
+    dead_letter: &dyn DeadLetterSink,
+    metrics: &Metrics,
+) -> anyhow::Result<Work> {
+    let position = message.position;
+    let started = Instant::now();
+    let decoded = if message.original_len > limits.max_message_bytes {
+        Err(DecodeError::Oversized {
+            size: message.original_len,
+            limit: limits.max_message_bytes,
+        })
+    } else {
+        decode::decode(&message.payload, limits)
+    };
+    metrics.observe_stage("decode", started.elapsed().as_secs_f64());
+    let decoded = match decoded {
+        Ok(d) => d,
+        Err(error) => {
+            metrics
+                .events_rejected
+                .with_label_values(&[error.reason()])
+                .inc();
+            tracing::warn!(
+                partition = position.partition,
+                offset = position.offset,
+                reason = error.reason(),
+                error = %error,
+                "rejected message sent to dead letter"
+            );
+            let rejection = Rejection {
+                reason: error.reason(),
+                detail: error.to_string(),
+            };
+            deliver_dead_letter(dead_letter, &message, &rejection, metrics).await?;
+            return Ok(Work::Skip { position });
+        }
+    };
+    if decoded.turns_capped {
+        metrics.turns_capped.inc();
+    }
+    let started = Instant::now();
+    let summary = summarizer.summarize(&decoded.event).await;
+    metrics.observe_stage("summarize", started.elapsed().as_secs_f64());
+    match summary {
+        Ok(summary) => {
+            let meta = EventMeta::from_event(&decoded.event);
+            // `decoded` (the raw turns) is dropped here: nothing downstream sees text but the
+            // scrubbed summary.
+            drop(decoded);
+            Ok(Work::Summarized {
+                meta,
+                summary,
+                position,
+            })
+        }
+        Err(error) => {
+            metrics.stage_errors.with_label_values(&["summarize"]).inc();
+            metrics
+                .events_rejected
+                .with_label_values(&["summarize_failed"])
+                .inc();
+            tracing::warn!(partition = position.partition, offset = position.offset, error = %error, "summarize failed; message sent to dead letter");
+            let rejection = Rejection {
+                reason: "summarize_failed",
+                detail: error.to_string(),
+            };
+            deliver_dead_letter(dead_letter, &message, &rejection, metrics).await?;
+            Ok(Work::Skip { position })
+        }
+    }
+}
+
+/// Writes a dead-letter record, retrying with exponential backoff. If the sink stays down the
+/// stage fails, so the position is never acknowledged and the message is redelivered later —
+/// a rejected message is never silently lost.
+async fn deliver_dead_letter(
+    sink: &dyn DeadLetterSink,
+    message: &RawMessage,
+    rejection: &Rejection,
+    metrics: &Metrics,
+) -> anyhow::Result<()> {
+    const ATTEMPTS: u32 = 8;
+    let mut delay = Duration::from_millis(100);
+    for attempt in 1..=ATTEMPTS {
+        let started = Instant::now();
+        match sink.write(message, rejection).await {
+            Ok(()) => {
+                metrics.observe_stage("dead_letter", started.elapsed().as_secs_f64());
+                metrics.dead_letter_written.inc();
+                return Ok(());
+            }
+            Err(e) if attempt < ATTEMPTS => {
+                metrics.dead_letter_retries.inc();
+                metrics
+                    .stage_errors
+                    .with_label_values(&["dead_letter"])
+                    .inc();
+                tracing::warn!(error = %e, attempt, "dead-letter write failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+            Err(e) => {
+                metrics
+                    .stage_errors
+                    .with_label_values(&["dead_letter"])
+                    .inc();
+                anyhow::bail!(
+                    "dead-letter sink unavailable after {ATTEMPTS} attempts ({e}); stopping without acknowledging partition {} offset {}",
+                    message.position.partition,
+                    message.position.offset
+                );
+            }
+        }
+    }
+    unreachable!("the loop returns on the last attempt")
+}
+
+/// Collects batches and embeds them off the async runtime.
+#[allow(clippy::too_many_arguments)]
+async fn embed_stage(
+    mut input: mpsc::Receiver<Work>,
+    output: mpsc::Sender<Embedded>,
+    embedder: Arc<dyn Embedder>,
+    batch_size: usize,
+    linger: Duration,
+    deterministic: bool,
+    dead_letter: Arc<dyn DeadLetterSink>,
+    metrics: Metrics,
+) -> anyhow::Result<()> {
+    loop {
+        let Some(first) = input.recv().await else {
+            return Ok(());
+        };
+        let mut batch = vec![first];
+        let deadline = tokio::time::Instant::now() + linger;
+        while batch.len() < batch_size {
+            let next = if deterministic {
+                input.recv().await
+            } else {
+                match tokio::time::timeout_at(deadline, input.recv()).await {
+                    Ok(item) => item,
+                    Err(_) => break,
+                }
+            };
+            match next {
+                Some(work) => batch.push(work),
+                None => break,
+            }
+        }
+        let texts: Vec<String> = batch
+            .iter()
+            .filter_map(|w| match w {
+                Work::Summarized { summary, .. } => Some(summary.request.clone()),
+                Work::Skip { .. } => None,
+            })
+            .collect();
+        let vectors = if texts.is_empty() {
+            Vec::new()
+        } else {
+            embed_with_isolation(embedder.clone(), texts, &metrics).await
+        };
+        let mut vectors = vectors.into_iter();
+        for work in batch {
+            let embedded = match work {
+                Work::Skip { .. } => Embedded { work, vector: None },
+                Work::Summarized { ref position, .. } => match vectors.next().flatten() {
+                    Some(vector) => Embedded {
+                        work,
+                        vector: Some(vector),
+                    },
+                    None => {
+                        // The model failed on this input alone. The raw text is gone by now, so
+                        // the dead-letter record carries the position and reason, not the payload.
+                        let marker = RawMessage {
+                            payload: Vec::new(),
+                            original_len: 0,
+                            key: None,
+                            position: *position,
+                        };
+                        metrics
+                            .events_rejected
+                            .with_label_values(&["embed_failed"])
+                            .inc();
+                        let rejection = Rejection {
+                            reason: "embed_failed",
+                            detail: "the embedding model failed on this summary".into(),
+                        };
+                        deliver_dead_letter(dead_letter.as_ref(), &marker, &rejection, &metrics)
+                            .await?;
+                        Embedded {
+                            work: Work::Skip {
+                                position: *position,
+                            },
+                            vector: None,
+                        }
+                    }
+                },
+            };
+            if output.send(embedded).await.is_err() {
+                anyhow::bail!("cluster stage stopped early");
+            }
+        }
+    }
+}
+
+/// Embeds a batch; if the batch fails, retries each text alone so one bad input cannot sink its
+/// neighbours. `None` marks a text the model could not embed.
+async fn embed_with_isolation(
+    embedder: Arc<dyn Embedder>,
+    texts: Vec<String>,
+    metrics: &Metrics,
+) -> Vec<Option<Vec<f32>>> {
+    let n = texts.len();
+    let started = Instant::now();
+    let result = {
+        let embedder = embedder.clone();
+        let texts = texts.clone();
+        tokio::task::spawn_blocking(move || embedder.embed_batch(&texts)).await
+    };
+    let per_item = started.elapsed().as_secs_f64() / n as f64;
+    match result {
+        Ok(Ok(vectors)) if vectors.len() == n => {
+            for _ in 0..n {
+                metrics.observe_stage("embed", per_item);
+            }
+            vectors.into_iter().map(Some).collect()
+        }
+        other => {
+            metrics.stage_errors.with_label_values(&["embed"]).inc();
+            match other {
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "batch embedding failed; retrying one by one")
+                }
+                Ok(Ok(v)) => tracing::error!(
+                    got = v.len(),
+                    want = n,
+                    "embedder returned the wrong number of vectors"
+                ),
+                Err(e) => {
+                    tracing::error!(error = %e, "embedding task panicked; retrying one by one")
+                }
+            }
+            let mut out = Vec::with_capacity(n);
+            for text in texts {
+                let embedder = embedder.clone();
+                let one = tokio::task::spawn_blocking(move || embedder.embed_batch(&[text])).await;
+                out.push(match one {
+                    Ok(Ok(mut v)) if v.len() == 1 => v.pop(),
+                    _ => None,
+                });
+            }
+            out
+        }
+    }
+}
+
+/// Owns cluster state and the detector; runs on a blocking thread (it is CPU work).
+#[allow(clippy::too_many_arguments)]
+fn cluster_stage(
+    mut input: mpsc::Receiver<Embedded>,
+    alerts: mpsc::Sender<AlertRecord>,
+    mut state: ClusterState,
+    mut detector: CoordinatedDetector,
+    gate: PrivacyGate,
+    acker: Arc<dyn OffsetAcker>,
+    mut assignments: Option<Box<dyn AssignmentSink>>,
+    metrics: Metrics,
+) -> anyhow::Result<(ClusterState, CoordinatedDetector)> {
+    let mut since_maintenance = 0u64;
+    let mut labels_refused_seen = 0u64;
+    while let Some(embedded) = input.blocking_recv() {
+        let (meta, summary, position) = match embedded.work {
+            Work::Skip { position } => {
+                acker.ack(position);
+                continue;
+            }
+            Work::Summarized {
+                meta,
+                summary,
+                position,
+            } => (meta, summary, position),
+        };
+        let Some(vector) = embedded.vector else {
+            acker.ack(position);
+            continue;
+        };
+        let started = Instant::now();
+        let assignment = match state.assign(position.partition, &meta, &summary, &vector) {
+            Ok(a) => a,
+            Err(e) => {
+                metrics.stage_errors.with_label_values(&["cluster"]).inc();
+                anyhow::bail!("cluster stage cannot continue: {e}");
+            }
+        };
+        metrics.observe_stage("cluster", started.elapsed().as_secs_f64());
+        let touched = match assignment {
+            Assignment::Duplicate => {
+                metrics.events_duplicate.inc();
+                acker.ack(position);
+                continue;
+            }
+            Assignment::Founded { cluster_id } => {
+                metrics.clusters_founded.inc();
+                cluster_id
+            }
+            Assignment::Joined { cluster_id, .. } => cluster_id,
+        };
+        metrics
+            .events_clustered
+            .with_label_values(&[Metrics::surface_label(&meta.surface)])
+            .inc();
+        metrics
+            .event_time_watermark
+            .set(state.watermark_ms() as f64 / 1000.0);
+
+        let started = Instant::now();
+        let clock = state.clock_ms();
+        let records = detector.observe(&mut state, Some(touched), clock);
+        metrics.observe_stage("detect", started.elapsed().as_secs_f64());
+        for record in records {
+            if alerts.blocking_send(record).is_err() {
+                anyhow::bail!("alert stage stopped early");
+            }
+        }
+        if detector.labels_refused() > labels_refused_seen {
+            metrics
+                .labels_refused
+                .inc_by(detector.labels_refused() - labels_refused_seen);
+            labels_refused_seen = detector.labels_refused();
+        }
+
+        if let Some(sink) = assignments.as_mut() {
+            sink.write(&AssignmentRecord {
+                conversation_id: meta.conversation_id.clone(),
+                cluster_id: touched,
+                topic_id: None,
+            })?;
+        }
+        // Only now is the event's effect in cluster state (and its outputs handed on).
+        acker.ack(position);
+
+        since_maintenance += 1;
+        if since_maintenance >= MAINTENANCE_EVERY {
+            since_maintenance = 0;
+            let expired = state.expire_idle(IDLE_EXPIRY_SECS);
+            metrics.clusters_expired.inc_by(expired as u64);
+            update_gauges(&state, &detector, &gate, &metrics);
+        }
+    }
+    update_gauges(&state, &detector, &gate, &metrics);
+    if let Some(sink) = assignments.as_mut() {
+        sink.flush()?;
+    }
+    Ok((state, detector))
+}
+
+fn update_gauges(
+    state: &ClusterState,
+    detector: &CoordinatedDetector,
+    gate: &PrivacyGate,
+    metrics: &Metrics,
+) {
+    metrics.live_clusters.set(state.live_clusters() as i64);
+    metrics
+        .visible_clusters
+        .set(state.clusters().filter(|c| gate.admits(c)).count() as i64);
+    let firing = detector.firing_alerts() as i64;
+    metrics
+        .open_alerts
+        .with_label_values(&["coordinated_cluster", "firing"])
+        .set(firing);
+    metrics
+        .open_alerts
+        .with_label_values(&["coordinated_cluster", "pending"])
+        .set(detector.open_alerts() as i64 - firing);
+}
+
+/// Counts alert state changes and hands them to every sink, in order.
+async fn alert_stage(
+    mut input: mpsc::Receiver<AlertRecord>,
+    mut sinks: Vec<Box<dyn AlertSink>>,
+    metrics: Metrics,
+) -> std::collections::VecDeque<AlertRecord> {
+    let mut all = std::collections::VecDeque::new();
+    while let Some(record) = input.recv().await {
+        metrics
+            .alerts
+            .with_label_values(&[
+                record.kind.as_str(),
+                record.severity.as_str(),
+                record.status.as_str(),
+            ])
+            .inc();
+        for sink in sinks.iter_mut() {
+            sink.deliver(&record).await;
+        }
+        if all.len() == KEPT_ALERTS {
+            all.pop_front();
+        }
+        all.push_back(record);
+    }
+    for sink in sinks.iter_mut() {
+        sink.close().await;
+    }
+    all
+}

@@ -1,0 +1,165 @@
+//! The production job: Kafka in, clusters, alerts and metrics out. `clusterwatch run` and the
+//! demo both go through [`run_kafka`], so the demo exercises the real path.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use crate::alert::alertmanager::AlertmanagerSink;
+use crate::alert::sinks::{AlertSink, StdoutSink};
+use crate::config::{Settings, SummarizerKind};
+use crate::embed::{self, Embedder};
+use crate::export::http::Health;
+use crate::export::Metrics;
+use crate::pipeline::{AssignmentSink, Pipeline, PipelineReport};
+use crate::shutdown::ShutdownTrigger;
+use crate::source::kafka::{KafkaDeadLetter, KafkaSource};
+use crate::summarize::offline::OfflineSummarizer;
+use crate::summarize::Summarizer;
+
+/// Builds the configured summarizer.
+pub fn build_summarizer(settings: &Settings) -> Arc<dyn Summarizer> {
+    match settings.summarizer.kind {
+        SummarizerKind::Offline => {
+            Arc::new(OfflineSummarizer::new(settings.summarizer.offline.clone()))
+        }
+    }
+}
+
+/// Loads the configured embedder off the async runtime (model loading reads ~90 MB).
+pub async fn build_embedder(settings: &Settings) -> anyhow::Result<Arc<dyn Embedder>> {
+    let embedder_settings = settings.embedder.clone();
+    let embedder = tokio::task::spawn_blocking(move || embed::from_settings(&embedder_settings))
+        .await
+        .map_err(|e| anyhow::anyhow!("embedder loading panicked: {e}"))??;
+    tracing::info!(
+        embedder = embedder.id(),
+        dimension = embedder.dimension(),
+        "embedder ready"
+    );
+    Ok(Arc::from(embedder))
+}
+
+/// Alert sinks named by the settings: stdout when `print`, Alertmanager when a URL is set.
+pub fn configured_alert_sinks(
+    settings: &Settings,
+    metrics: &Metrics,
+) -> anyhow::Result<Vec<Box<dyn AlertSink>>> {
+    let mut sinks: Vec<Box<dyn AlertSink>> = Vec::new();
+    if settings.alerts.print {
+        sinks.push(Box::new(StdoutSink));
+    }
+    if !settings.alerts.alertmanager_url.is_empty() {
+        sinks.push(Box::new(AlertmanagerSink::new(
+            &settings.alerts,
+            metrics.clone(),
+        )?));
+    }
+    Ok(sinks)
+}
+
+/// Options the caller of [`run_kafka`] controls beyond the settings.
+pub struct RunOptions {
+    pub metrics: Metrics,
+    /// Sinks in addition to the configured ones (tests and the demo capture alerts here).
+    pub extra_alert_sinks: Vec<Box<dyn AlertSink>>,
+    /// A pre-loaded embedder, so a caller running several pipelines loads the model once.
+    pub embedder: Option<Arc<dyn Embedder>>,
+    /// Called with the HTTP server's bound address once it listens.
+    pub on_listen: Option<Box<dyn FnOnce(std::net::SocketAddr) + Send>>,
+    /// Receives every assignment (tests use it to check exactly-once counting).
+    pub assignments: Option<Box<dyn AssignmentSink>>,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            metrics: Metrics::new(),
+            extra_alert_sinks: Vec::new(),
+            embedder: None,
+            on_listen: None,
+            assignments: None,
+        }
+    }
+}
+
+/// Consumes the configured topic until `shutdown` fires, then drains the pipeline, commits the
+/// stored offsets and returns the final state.
+pub async fn run_kafka(
+    settings: Settings,
+    shutdown: ShutdownTrigger,
+    options: RunOptions,
+) -> anyhow::Result<PipelineReport> {
+    let metrics = options.metrics.clone();
+    let health = Arc::new(Health::default());
+    let mut http_task = None;
+    if !settings.http.listen.is_empty() {
+        let (addr, task) = crate::export::http::serve(
+            &settings.http.listen,
+            metrics.clone(),
+            health.clone(),
+            shutdown.subscribe(),
+        )
+        .await?;
+        tracing::info!(%addr, "serving /metrics and /healthz");
+        if let Some(cb) = options.on_listen {
+            cb(addr);
+        }
+        http_task = Some(task);
+    }
+
+    let embedder = match options.embedder {
+        Some(e) => e,
+        None => build_embedder(&settings).await?,
+    };
+    let source = KafkaSource::new(&settings.kafka, settings.limits.max_message_bytes)?;
+    let dead_letter = Arc::new(KafkaDeadLetter::new(&settings.kafka)?);
+    let mut alert_sinks = configured_alert_sinks(&settings, &metrics)?;
+    alert_sinks.extend(options.extra_alert_sinks);
+
+    let pipeline = Pipeline {
+        summarizer: build_summarizer(&settings),
+        embedder,
+        dead_letter,
+        acker: source.acker(metrics.clone()),
+        assignments: options.assignments,
+        alert_sinks,
+        metrics: metrics.clone(),
+        deterministic_batches: false,
+        settings: settings.clone(),
+    };
+    let (tx, rx) = mpsc::channel(settings.pipeline.channel_capacity.max(1));
+    health.set_running();
+    tracing::info!(
+        topic = %settings.kafka.topic,
+        group = %settings.kafka.group_id,
+        "consuming"
+    );
+    let source = Arc::new(source);
+    let reader = {
+        let source = source.clone();
+        let metrics = metrics.clone();
+        let stop = shutdown.subscribe();
+        tokio::spawn(async move { source.run(tx, stop, metrics).await })
+    };
+    let report = pipeline.run(rx).await;
+    // The pipeline only ends early on failure; make sure the reader stops too.
+    shutdown.trigger();
+    let read_result = reader
+        .await
+        .map_err(|e| anyhow::anyhow!("source task panicked: {e}"))?;
+    let commit_result = source.commit();
+    health.set_stopped();
+    if let Some(task) = http_task {
+        let _ = task.await;
+    }
+    let report = report?;
+    read_result?;
+    commit_result?;
+    tracing::info!(
+        clustered = report.state.clustered_events(),
+        live_clusters = report.state.live_clusters(),
+        "drained and committed"
+    );
+    Ok(report)
+}

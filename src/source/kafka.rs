@@ -1,0 +1,275 @@
+//! The Kafka source: a consumer-group `StreamConsumer`, its offset acknowledgements, and the
+//! dead-letter producer.
+//!
+//! Offsets follow the at-least-once discipline: `enable.auto.offset.store` is off, and an offset
+//! is stored only when the cluster stage acknowledges that the message's effect is in cluster
+//! state. librdkafka's auto-commit then commits stored offsets periodically, and shutdown commits
+//! synchronously. A crash can therefore redeliver, never skip; redeliveries are dropped by
+//! conversation id in the cluster state.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use rdkafka::ClientContext;
+use tokio::sync::mpsc;
+
+use super::{DeadLetterSink, OffsetAcker, RawMessage, Rejection, SourcePosition};
+use crate::config::KafkaSettings;
+use crate::export::Metrics;
+use crate::shutdown::Shutdown;
+
+/// Header naming the reject reason on dead-letter records.
+pub const REJECT_REASON_HEADER: &str = "clusterwatch-reject-reason";
+
+/// Logs rebalances so an operator can correlate lag jumps with group changes.
+pub struct SourceContext;
+
+impl ClientContext for SourceContext {}
+
+impl ConsumerContext for SourceContext {
+    fn pre_rebalance(
+        &self,
+        _consumer: &rdkafka::consumer::BaseConsumer<Self>,
+        rebalance: &Rebalance,
+    ) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                tracing::info!(partitions = tpl.count(), "partitions assigned")
+            }
+            Rebalance::Revoke(tpl) => {
+                tracing::info!(partitions = tpl.count(), "partitions revoked")
+            }
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
+        }
+    }
+}
+
+pub type SourceConsumer = StreamConsumer<SourceContext>;
+
+/// A consumer-group source over one topic.
+pub struct KafkaSource {
+    consumer: Arc<SourceConsumer>,
+    topic: String,
+    max_message_bytes: usize,
+}
+
+impl KafkaSource {
+    pub fn new(settings: &KafkaSettings, max_message_bytes: usize) -> anyhow::Result<Self> {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &settings.bootstrap_servers)
+            .set("group.id", &settings.group_id)
+            .set("enable.auto.commit", "true")
+            .set(
+                "auto.commit.interval.ms",
+                settings.commit_interval_ms.to_string(),
+            )
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", &settings.auto_offset_reset)
+            .set("enable.partition.eof", "false")
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "1000")
+            // Small per-partition fetches interleave partitions finely, which keeps the event-time
+            // skew between partitions (and so how far the cluster clock lags) small.
+            .set("max.partition.fetch.bytes", "262144");
+        for (k, v) in &settings.extra {
+            config.set(k, v);
+        }
+        let consumer: SourceConsumer = config
+            .create_with_context(SourceContext)
+            .map_err(|e| anyhow::anyhow!("cannot create Kafka consumer: {e}"))?;
+        consumer
+            .subscribe(&[settings.topic.as_str()])
+            .map_err(|e| anyhow::anyhow!("cannot subscribe to {}: {e}", settings.topic))?;
+        Ok(KafkaSource {
+            consumer: Arc::new(consumer),
+            topic: settings.topic.clone(),
+            max_message_bytes,
+        })
+    }
+
+    /// The acknowledger that stores offsets on this consumer.
+    pub fn acker(&self, metrics: Metrics) -> Arc<dyn OffsetAcker> {
+        Arc::new(KafkaAcker {
+            consumer: self.consumer.clone(),
+            topic: self.topic.clone(),
+            metrics,
+        })
+    }
+
+    pub fn consumer(&self) -> Arc<SourceConsumer> {
+        self.consumer.clone()
+    }
+
+    /// Reads messages into `output` until shutdown. Blocks (awaits) when the pipeline is full.
+    pub async fn run(
+        &self,
+        output: mpsc::Sender<RawMessage>,
+        mut shutdown: Shutdown,
+        metrics: Metrics,
+    ) -> anyhow::Result<()> {
+        let mut consecutive_errors = 0u32;
+        loop {
+            let message = tokio::select! {
+                biased;
+                _ = shutdown.recv() => return Ok(()),
+                m = self.consumer.recv() => m,
+            };
+            let message = match message {
+                Ok(m) => m,
+                Err(e) => {
+                    // librdkafka reconnects by itself; back off so a broker outage is not a
+                    // hot loop, and keep going.
+                    consecutive_errors += 1;
+                    metrics.stage_errors.with_label_values(&["source"]).inc();
+                    tracing::warn!(error = %e, consecutive_errors, "Kafka consume error");
+                    tokio::time::sleep(Duration::from_millis(
+                        (100 * u64::from(consecutive_errors)).min(5_000),
+                    ))
+                    .await;
+                    continue;
+                }
+            };
+            consecutive_errors = 0;
+            metrics.events_consumed.inc();
+            let payload = message.payload().unwrap_or_default();
+            let raw = RawMessage {
+                original_len: payload.len(),
+                payload: if payload.len() > self.max_message_bytes {
+                    Vec::new()
+                } else {
+                    payload.to_vec()
+                },
+                key: message.key().map(|k| k.to_vec()),
+                position: SourcePosition {
+                    partition: message.partition(),
+                    offset: message.offset(),
+                },
+            };
+            drop(message);
+            tokio::select! {
+                biased;
+                sent = output.send(raw) => if sent.is_err() {
+                    anyhow::bail!("pipeline stopped while the source was still reading");
+                },
+                // A full pipeline must not hold shutdown hostage; the unsent message was never
+                // acknowledged, so it is redelivered after restart.
+                _ = shutdown.recv() => return Ok(()),
+            }
+        }
+    }
+
+    /// Commits stored offsets synchronously. Call after the pipeline has drained.
+    pub fn commit(&self) -> anyhow::Result<()> {
+        match self.consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) => Ok(()),
+            // Nothing stored since the last commit.
+            Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => Ok(()),
+            Err(e) => Err(anyhow::anyhow!("final offset commit failed: {e}")),
+        }
+    }
+}
+
+struct KafkaAcker {
+    consumer: Arc<SourceConsumer>,
+    topic: String,
+    metrics: Metrics,
+}
+
+impl OffsetAcker for KafkaAcker {
+    fn ack(&self, position: SourcePosition) {
+        // Kafka commits the offset of the next message to read, hence +1.
+        match self
+            .consumer
+            .store_offset(&self.topic, position.partition, position.offset + 1)
+        {
+            Ok(()) => self.metrics.offsets_stored.inc(),
+            Err(e) => {
+                // Typically the partition was revoked while the message was in flight; its new
+                // owner will redeliver it.
+                self.metrics.offset_store_failures.inc();
+                tracing::warn!(partition = position.partition, offset = position.offset, error = %e, "offset not stored");
+            }
+        }
+    }
+}
+
+/// Writes rejected messages to the dead-letter topic, reason in a header, and waits for the
+/// broker's acknowledgement before reporting success.
+pub struct KafkaDeadLetter {
+    producer: FutureProducer,
+    topic: String,
+    source_topic: String,
+}
+
+impl KafkaDeadLetter {
+    pub fn new(settings: &KafkaSettings) -> anyhow::Result<Self> {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &settings.bootstrap_servers)
+            .set("enable.idempotence", "true")
+            .set("message.timeout.ms", "30000");
+        for (k, v) in &settings.extra {
+            config.set(k, v);
+        }
+        let producer: FutureProducer = config
+            .create()
+            .map_err(|e| anyhow::anyhow!("cannot create dead-letter producer: {e}"))?;
+        Ok(KafkaDeadLetter {
+            producer,
+            topic: settings.dead_letter_topic.clone(),
+            source_topic: settings.topic.clone(),
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl DeadLetterSink for KafkaDeadLetter {
+    async fn write(&self, message: &RawMessage, rejection: &Rejection) -> anyhow::Result<()> {
+        let partition = message.position.partition.to_string();
+        let offset = message.position.offset.to_string();
+        let size = message.original_len.to_string();
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: REJECT_REASON_HEADER,
+                value: Some(rejection.reason),
+            })
+            .insert(Header {
+                key: "clusterwatch-error",
+                value: Some(rejection.detail.as_str()),
+            })
+            .insert(Header {
+                key: "clusterwatch-source-topic",
+                value: Some(self.source_topic.as_str()),
+            })
+            .insert(Header {
+                key: "clusterwatch-source-partition",
+                value: Some(partition.as_str()),
+            })
+            .insert(Header {
+                key: "clusterwatch-source-offset",
+                value: Some(offset.as_str()),
+            })
+            .insert(Header {
+                key: "clusterwatch-original-bytes",
+                value: Some(size.as_str()),
+            });
+        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.topic)
+            .payload(message.payload.as_slice())
+            .headers(headers);
+        if let Some(key) = message.key.as_deref() {
+            record = record.key(key);
+        }
+        self.producer
+            .send(record, Timeout::After(Duration::from_secs(30)))
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| anyhow::anyhow!("dead-letter produce failed: {e}"))
+    }
+}

@@ -1,0 +1,53 @@
+//! Sources: where raw messages come from, and the two things the pipeline hands back to them —
+//! acknowledgements of positions now in cluster state, and dead-letter records of rejects.
+//!
+//! [`kafka`] is the production source (a consumer group); [`file`] reads a JSONL file for
+//! `replay`. Both yield [`RawMessage`]s carrying their [`SourcePosition`].
+
+pub mod file;
+pub mod kafka;
+
+/// Where a message sits in its source: a Kafka partition and offset, or line 0/N of a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SourcePosition {
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// A message as read, before decoding.
+#[derive(Debug, Clone)]
+pub struct RawMessage {
+    /// The bytes; empty when the message was over the size limit (it is never copied whole).
+    pub payload: Vec<u8>,
+    /// Size of the message as the source saw it.
+    pub original_len: usize,
+    /// The Kafka message key, if any (the contract puts `conversation_id` there).
+    pub key: Option<Vec<u8>>,
+    pub position: SourcePosition,
+}
+
+/// Why a message went to the dead letter. `reason` is a bounded label.
+#[derive(Debug, Clone)]
+pub struct Rejection {
+    pub reason: &'static str,
+    pub detail: String,
+}
+
+/// Where rejected messages go. A write that returns `Ok` must be durable: the position is
+/// acknowledged right after.
+#[async_trait::async_trait]
+pub trait DeadLetterSink: Send + Sync {
+    async fn write(&self, message: &RawMessage, rejection: &Rejection) -> anyhow::Result<()>;
+}
+
+/// Told, in source order, that a position's effect is in cluster state.
+pub trait OffsetAcker: Send + Sync {
+    fn ack(&self, position: SourcePosition);
+}
+
+/// An acker for sources with nothing to commit.
+pub struct NoAck;
+
+impl OffsetAcker for NoAck {
+    fn ack(&self, _position: SourcePosition) {}
+}

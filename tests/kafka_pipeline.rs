@@ -1,0 +1,285 @@
+//! End to end against a real Apache Kafka broker (KRaft, started by `scripts/kafka.sh`), with the
+//! real embedding model: every valid event clustered once, every invalid one dead-lettered with
+//! its reason, committed offsets equal to end offsets, one alert for the injected campaign and
+//! none for organic traffic, and a restart that resumes without double counting.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
+use clusterwatch::alert::{AlertKind, AlertStatus};
+use clusterwatch::demo::traffic::{self, MessageKind, TrafficSpec};
+use clusterwatch::export::Metrics;
+use clusterwatch::run::{run_kafka, RunOptions};
+use common::*;
+
+const PARTITIONS: i32 = 4;
+
+struct Setup {
+    bootstrap: String,
+    topic: String,
+    dead_letter: String,
+    group: String,
+    settings: clusterwatch::config::Settings,
+}
+
+async fn setup(name: &str) -> Setup {
+    let bootstrap = kafka_bootstrap();
+    let topic = unique(&format!("{name}-conversations"));
+    let dead_letter = unique(&format!("{name}-dead-letter"));
+    let group = unique(&format!("{name}-group"));
+    create_topics(&bootstrap, &[(&topic, PARTITIONS), (&dead_letter, 1)]).await;
+    let mut settings = test_settings();
+    settings.kafka.bootstrap_servers = bootstrap.clone();
+    settings.kafka.topic = topic.clone();
+    settings.kafka.dead_letter_topic = dead_letter.clone();
+    settings.kafka.group_id = group.clone();
+    settings.limits.max_message_bytes = 64 * 1024;
+    Setup {
+        bootstrap,
+        topic,
+        dead_letter,
+        group,
+        settings,
+    }
+}
+
+/// Runs the pipeline until `stop_after` positions are acknowledged, then shuts it down.
+async fn run_until(
+    setup: &Setup,
+    stop_after: u64,
+) -> (
+    clusterwatch::pipeline::PipelineReport,
+    Metrics,
+    CaptureAlerts,
+    CaptureAssignments,
+) {
+    let metrics = Metrics::new();
+    let alerts = CaptureAlerts::default();
+    let assignments = CaptureAssignments::default();
+    let (trigger, _) = clusterwatch::shutdown::channel();
+    let watcher = {
+        let metrics = metrics.clone();
+        let trigger = trigger.clone();
+        tokio::spawn(async move {
+            wait_for(
+                "the pipeline to acknowledge the stream",
+                Duration::from_secs(400),
+                || metrics.offsets_stored.get() >= stop_after,
+            )
+            .await;
+            trigger.trigger();
+        })
+    };
+    let options = RunOptions {
+        metrics: metrics.clone(),
+        extra_alert_sinks: vec![Box::new(alerts.clone())],
+        embedder: Some(model()),
+        assignments: Some(Box::new(assignments.clone())),
+        ..Default::default()
+    };
+    let report = run_kafka(setup.settings.clone(), trigger, options)
+        .await
+        .expect("pipeline runs");
+    watcher.await.expect("watcher");
+    (report, metrics, alerts, assignments)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn valid_events_are_clustered_once_invalid_ones_dead_lettered_and_offsets_committed() {
+    let s = setup("e2e").await;
+    let spec = TrafficSpec {
+        seed: 11,
+        organic_events: 4900,
+        duration_secs: 3 * 3600,
+        invalid_events: 50,
+        duplicate_events: 25,
+        max_message_bytes: s.settings.limits.max_message_bytes,
+        ..Default::default()
+    };
+    let messages = traffic::generate(&spec);
+    let campaign_ids: BTreeSet<String> = messages
+        .iter()
+        .filter(|m| m.kind == MessageKind::Campaign)
+        .map(|m| m.key.clone())
+        .collect();
+    let valid = messages
+        .iter()
+        .filter(|m| matches!(m.kind, MessageKind::Organic | MessageKind::Campaign))
+        .count();
+    let mut expected_reasons: HashMap<String, &'static str> = HashMap::new();
+    for m in &messages {
+        if let MessageKind::Invalid(reason) = m.kind {
+            expected_reasons.insert(m.key.clone(), reason);
+        }
+    }
+    assert!(
+        (5000..=5030).contains(&valid),
+        "about 5,000 valid events: {valid}"
+    );
+    assert_eq!(expected_reasons.len(), 50);
+    produce(&s.bootstrap, &s.topic, &messages).await;
+
+    let (report, metrics, alerts, assignments) = run_until(&s, messages.len() as u64).await;
+
+    // Every valid event clustered exactly once; redeliveries recognised.
+    let assigned = assignments.0.lock().unwrap().clone();
+    let assigned_ids: BTreeSet<&str> = assigned
+        .iter()
+        .map(|a| a.conversation_id.as_str())
+        .collect();
+    assert_eq!(assigned.len(), valid, "one assignment per valid event");
+    assert_eq!(assigned_ids.len(), valid, "no conversation assigned twice");
+    assert_eq!(report.state.clustered_events(), valid as u64);
+    assert_eq!(metrics.events_duplicate.get(), 25);
+    assert_eq!(metrics.events_consumed.get(), messages.len() as u64);
+
+    // Every invalid event in the dead-letter topic, with its own reason in a header.
+    assert_eq!(Metrics::counter_sum(&metrics.events_rejected), 50);
+    let dead = read_all(&s.bootstrap, &s.dead_letter, 50).await;
+    assert_eq!(dead.len(), 50);
+    let mut by_reason: BTreeMap<String, usize> = BTreeMap::new();
+    for (key, headers) in &dead {
+        let key = key.as_deref().expect("dead letter keeps the key");
+        let reason = headers
+            .iter()
+            .find(|(k, _)| k == "clusterwatch-reject-reason")
+            .map(|(_, v)| v.clone())
+            .expect("reason header");
+        assert_eq!(
+            expected_reasons.get(key).copied(),
+            Some(reason.as_str()),
+            "{key}"
+        );
+        *by_reason.entry(reason).or_default() += 1;
+    }
+    assert_eq!(
+        by_reason.len(),
+        7,
+        "every reject reason exercised: {by_reason:?}"
+    );
+    for (reason, n) in &by_reason {
+        assert_eq!(
+            metrics
+                .events_rejected
+                .with_label_values(&[reason.as_str()])
+                .get(),
+            *n as u64,
+            "rejected_total{{reason={reason}}}"
+        );
+    }
+
+    // Committed offsets reached the end of every partition.
+    let (committed, end) = committed_and_end(&s.bootstrap, &s.group, &s.topic, PARTITIONS);
+    assert_eq!(committed, end, "committed offsets equal end offsets");
+    assert_eq!(end, messages.len() as i64);
+
+    // Exactly one coordinated-cluster alert fired, and it is the campaign's cluster.
+    let alerts = alerts.0.lock().unwrap().clone();
+    let firing: BTreeSet<String> = alerts
+        .iter()
+        .filter(|a| a.kind == AlertKind::CoordinatedCluster && a.status == AlertStatus::Firing)
+        .map(|a| a.alert_id.clone())
+        .collect();
+    assert_eq!(firing.len(), 1, "exactly one alert fired: {alerts:#?}");
+    let alert = alerts
+        .iter()
+        .find(|a| a.status == AlertStatus::Firing)
+        .unwrap();
+    let cluster_of: HashMap<&str, u64> = assigned
+        .iter()
+        .map(|a| (a.conversation_id.as_str(), a.cluster_id))
+        .collect();
+    let campaign_in_alerted = campaign_ids
+        .iter()
+        .filter(|id| cluster_of.get(id.as_str()) == Some(&alert.cluster_id.unwrap()))
+        .count();
+    assert!(
+        campaign_in_alerted * 10 >= campaign_ids.len() * 8,
+        "the alerted cluster holds the campaign: {campaign_in_alerted} of {}",
+        campaign_ids.len()
+    );
+    assert!(alert.stats.accounts >= 25 && alert.stats.window_accounts >= 20);
+    println!(
+        "e2e: {} messages, {valid} clustered into {} clusters, {} rejected, 1 alert: {}",
+        messages.len(),
+        report.state.live_clusters(),
+        dead.len(),
+        clusterwatch::alert::sinks::describe(alert)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn organic_traffic_alone_fires_no_alert() {
+    let s = setup("organic").await;
+    let spec = TrafficSpec {
+        seed: 23,
+        organic_events: 3000,
+        duration_secs: 2 * 3600,
+        campaign: None,
+        invalid_events: 0,
+        duplicate_events: 0,
+        ..Default::default()
+    };
+    let messages = traffic::generate(&spec);
+    produce(&s.bootstrap, &s.topic, &messages).await;
+    let (report, _, alerts, _) = run_until(&s, messages.len() as u64).await;
+    assert_eq!(report.state.clustered_events(), 3000);
+    let alerts = alerts.0.lock().unwrap().clone();
+    assert!(
+        alerts.iter().all(|a| a.status != AlertStatus::Firing),
+        "organic traffic fired: {alerts:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_consumer_resumes_from_committed_offsets_without_double_counting() {
+    let s = setup("restart").await;
+    let spec = TrafficSpec {
+        seed: 31,
+        organic_events: 1600,
+        campaign: None,
+        invalid_events: 0,
+        duplicate_events: 0,
+        ..Default::default()
+    };
+    let messages = traffic::generate(&spec);
+    produce(&s.bootstrap, &s.topic, &messages).await;
+
+    let (first, _, _, first_assignments) = run_until(&s, 600).await;
+    let (committed_after_first, end) =
+        committed_and_end(&s.bootstrap, &s.group, &s.topic, PARTITIONS);
+    assert!(committed_after_first >= 600 && committed_after_first < end);
+    let first_ids: BTreeSet<String> = first_assignments
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|a| a.conversation_id.clone())
+        .collect();
+    assert_eq!(first_ids.len() as u64, first.state.clustered_events());
+    assert_eq!(
+        first_ids.len() as i64,
+        committed_after_first,
+        "every committed offset is in state, and only those"
+    );
+
+    let remaining = end - committed_after_first;
+    let (second, _, _, second_assignments) = run_until(&s, remaining as u64).await;
+    let second_ids: BTreeSet<String> = second_assignments
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|a| a.conversation_id.clone())
+        .collect();
+    assert!(
+        first_ids.is_disjoint(&second_ids),
+        "an event was counted by both runs"
+    );
+    assert_eq!(first_ids.len() + second_ids.len(), messages.len());
+    assert_eq!(second.state.clustered_events(), remaining as u64);
+    let (committed, end) = committed_and_end(&s.bootstrap, &s.group, &s.topic, PARTITIONS);
+    assert_eq!(committed, end);
+}
