@@ -319,6 +319,7 @@ impl Default for HttpSettings {
 }
 
 #[cfg(test)]
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
 

@@ -59,6 +59,7 @@ pub fn configured_alert_sinks(
 }
 
 /// Options the caller of [`run_kafka`] controls beyond the settings.
+#[derive(Default)]
 pub struct RunOptions {
     pub metrics: Metrics,
     /// Sinks in addition to the configured ones (tests and the demo capture alerts here).
@@ -69,18 +70,6 @@ pub struct RunOptions {
     pub on_listen: Option<Box<dyn FnOnce(std::net::SocketAddr) + Send>>,
     /// Receives every assignment (tests use it to check exactly-once counting).
     pub assignments: Option<Box<dyn AssignmentSink>>,
-}
-
-impl Default for RunOptions {
-    fn default() -> Self {
-        RunOptions {
-            metrics: Metrics::new(),
-            extra_alert_sinks: Vec::new(),
-            embedder: None,
-            on_listen: None,
-            assignments: None,
-        }
-    }
 }
 
 /// Consumes the configured topic until `shutdown` fires, then drains the pipeline, commits the

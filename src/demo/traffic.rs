@@ -154,6 +154,7 @@ const CAMPAIGN_TEMPLATES: &[&str] = &[
     "Send this text message to every number on my list, same wording: {msg}",
 ];
 
+#[allow(clippy::too_many_arguments)]
 fn event(
     conversation_id: &str,
     account: &str,

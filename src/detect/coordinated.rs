@@ -173,7 +173,7 @@ impl CoordinatedDetector {
             return None;
         };
         let track = self.tracks.get(&id)?;
-        let stats = evaluation.map(|e| e.stats).unwrap_or_else(|| empty_stats());
+        let stats = evaluation.map(|e| e.stats).unwrap_or_else(empty_stats);
         let label = match state.cluster(id) {
             Some(c) => {
                 let (label, verdict) = shown_label(&label::keyword_label(&c.reservoir));
@@ -311,7 +311,7 @@ mod tests {
             World {
                 state: ClusterState::new(
                     ClusterSettings {
-                        join_threshold: 0.55,
+                        join_threshold: 0.3,
                         ..Default::default()
                     },
                     512,
@@ -355,19 +355,23 @@ mod tests {
             );
         }
 
-        /// Diffuse organic traffic: 300 distinct topics, each asked now and then.
+        /// Diffuse organic traffic: 300 topics, each message 3 of its topic's 4 words plus two
+        /// random filler words, from 900 accounts.
         fn organic(&mut self, from_secs: i64, to_secs: i64, every_secs: i64) {
+            use rand::seq::SliceRandom;
+            use rand::{Rng, SeedableRng};
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(from_secs as u64);
             let mut t = from_secs;
-            let mut i = 0u64;
             while t < to_secs {
-                let topic = (i * 7919) % 300;
-                let text = format!(
-                    "topic{topic} question about subject{topic} variant{}",
-                    i % 5
-                );
-                self.send(&format!("organic-{}", i % 900), &text, t);
+                let topic = rng.gen_range(0..300);
+                let words: Vec<String> = (0..4).map(|k| format!("t{topic}w{k}")).collect();
+                let mut text: Vec<String> = words.choose_multiple(&mut rng, 3).cloned().collect();
+                for _ in 0..2 {
+                    text.push(format!("filler{}", rng.gen_range(0..2000)));
+                }
+                let account = format!("organic-{}", rng.gen_range(0..900));
+                self.send(&account, &text.join(" "), t);
                 t += every_secs;
-                i += 1;
             }
         }
 
