@@ -42,7 +42,8 @@ impl Settings {
             }
             figment = figment.merge(Toml::file(path));
         }
-        figment = figment.merge(Env::prefixed("CLUSTERWATCH_").split("__"));
+        // CLUSTERWATCH_LOG is the log filter (see `cli::init_logging`), not a setting.
+        figment = figment.merge(Env::prefixed("CLUSTERWATCH_").ignore(&["log"]).split("__"));
         figment
             .extract()
             .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))
@@ -345,6 +346,7 @@ mod tests {
                 "[kafka]\ntopic = \"from-file\"\ngroup_id = \"g\"\n",
             )?;
             jail.set_env("CLUSTERWATCH_KAFKA__TOPIC", "from-env");
+            jail.set_env("CLUSTERWATCH_LOG", "debug");
             let s = Settings::load(Some(Path::new("c.toml"))).expect("loads");
             assert_eq!(s.kafka.topic, "from-env");
             assert_eq!(s.kafka.group_id, "g");

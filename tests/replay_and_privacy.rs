@@ -136,6 +136,14 @@ fn canary_events() -> (Vec<Vec<u8>>, Vec<String>) {
         });
         events.push(event.to_string().into_bytes());
     }
+    // Arrival in event-time order, as a live stream would deliver them (late data older than the
+    // detection window is, correctly, not counted in it).
+    events.sort_by_key(|e| {
+        serde_json::from_slice::<serde_json::Value>(e).unwrap()["timestamp"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    });
     (events, canaries)
 }
 
