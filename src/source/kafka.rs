@@ -184,10 +184,11 @@ struct KafkaAcker {
 
 impl OffsetAcker for KafkaAcker {
     fn ack(&self, position: SourcePosition) {
-        // Kafka commits the offset of the next message to read, hence +1.
+        // `store_offset` wraps librdkafka's `rd_kafka_offset_store`, which takes the offset of
+        // the processed message and commits offset + 1 (the next one to read) itself.
         match self
             .consumer
-            .store_offset(&self.topic, position.partition, position.offset + 1)
+            .store_offset(&self.topic, position.partition, position.offset)
         {
             Ok(()) => self.metrics.offsets_stored.inc(),
             Err(e) => {
