@@ -72,6 +72,8 @@ pub struct Pipeline {
     pub assignments: Option<Box<dyn AssignmentSink>>,
     pub alert_sinks: Vec<Box<dyn AlertSink>>,
     pub metrics: Metrics,
+    /// Where the cluster stage publishes the k-anonymous cluster view, if anyone reads it.
+    pub view: Option<Arc<crate::export::view::ClusterView>>,
     /// Replay mode: embed batches are always filled to `embed_batch_size` (or end of input), so
     /// batch composition — and with it every float — is independent of timing.
     pub deterministic_batches: bool,
@@ -128,6 +130,7 @@ impl Pipeline {
             let acker = self.acker.clone();
             let assignments = self.assignments;
             let gate = gate.clone();
+            let view = self.view.clone();
             tokio::task::spawn_blocking(move || {
                 cluster_stage(
                     embedded_rx,
@@ -137,6 +140,7 @@ impl Pipeline {
                     gate,
                     acker,
                     assignments,
+                    view,
                     metrics,
                 )
             })
@@ -480,6 +484,7 @@ fn cluster_stage(
     gate: PrivacyGate,
     acker: Arc<dyn OffsetAcker>,
     mut assignments: Option<Box<dyn AssignmentSink>>,
+    view: Option<Arc<crate::export::view::ClusterView>>,
     metrics: Metrics,
 ) -> anyhow::Result<(ClusterState, CoordinatedDetector)> {
     let mut since_maintenance = 0u64;
@@ -561,13 +566,25 @@ fn cluster_stage(
             let expired = state.expire_idle(IDLE_EXPIRY_SECS);
             metrics.clusters_expired.inc_by(expired as u64);
             update_gauges(&state, &detector, &gate, &metrics);
+            publish_view(view.as_deref(), &state, &gate);
         }
     }
     update_gauges(&state, &detector, &gate, &metrics);
+    publish_view(view.as_deref(), &state, &gate);
     if let Some(sink) = assignments.as_mut() {
         sink.flush()?;
     }
     Ok((state, detector))
+}
+
+fn publish_view(
+    view: Option<&crate::export::view::ClusterView>,
+    state: &ClusterState,
+    gate: &PrivacyGate,
+) {
+    if let Some(view) = view {
+        view.publish(&crate::export::clusters::ClusterTable::build(state, gate));
+    }
 }
 
 fn update_gauges(

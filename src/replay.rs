@@ -89,6 +89,7 @@ pub async fn replay(
         dead_letter: Arc::new(FileDeadLetter::create(outputs.dead_letter.as_deref())?),
         acker: Arc::new(NoAck),
         assignments,
+        view: None,
         alert_sinks,
         metrics: metrics.clone(),
         deterministic_batches: true,

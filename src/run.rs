@@ -81,12 +81,14 @@ pub async fn run_kafka(
 ) -> anyhow::Result<PipelineReport> {
     let metrics = options.metrics.clone();
     let health = Arc::new(Health::default());
+    let view = Arc::new(crate::export::view::ClusterView::default());
     let mut http_task = None;
     if !settings.http.listen.is_empty() {
         let (addr, task) = crate::export::http::serve(
             &settings.http.listen,
             metrics.clone(),
             health.clone(),
+            view.clone(),
             shutdown.subscribe(),
         )
         .await?;
@@ -112,6 +114,7 @@ pub async fn run_kafka(
         dead_letter,
         acker: source.acker(metrics.clone()),
         assignments: options.assignments,
+        view: Some(view),
         alert_sinks,
         metrics: metrics.clone(),
         deterministic_batches: false,

@@ -119,6 +119,16 @@ async fn sigterm_after_the_stream_commits_everything_and_exits_zero() {
         }
         let health = reqwest::blocking::get(format!("http://127.0.0.1:{port}/healthz")).unwrap();
         assert_eq!(health.status(), 200);
+        let api = reqwest::blocking::get(format!("http://127.0.0.1:{port}/api/clusters"))
+            .unwrap()
+            .text()
+            .unwrap();
+        let parsed: serde_json::Value = serde_json::from_str(&api).expect("JSON");
+        assert!(parsed["clusters"].is_array(), "{api}");
+        assert!(
+            !api.contains("acct-") && !api.contains("conv-"),
+            "ids never reach the API"
+        );
         let (code, logs) = sigterm_and_wait(child, Duration::from_secs(60));
         assert_eq!(code, 0, "exit code; logs:\n{logs}");
         assert!(logs.contains("SIGTERM received"), "{logs}");

@@ -115,7 +115,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let options = RunOptions {
         metrics: metrics.clone(),
         on_listen: Some(Box::new(move |addr| {
-            println!("  metrics: http://{addr}/metrics   health: http://{addr}/healthz");
+            println!("  metrics: http://{addr}/metrics   health: http://{addr}/healthz   clusters: http://{addr}/api/clusters");
         })),
         ..Default::default()
     };

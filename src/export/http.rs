@@ -1,4 +1,5 @@
-//! The HTTP endpoint: `/metrics` in Prometheus text format and `/healthz`.
+//! The HTTP endpoint: `/metrics` in Prometheus text format, `/healthz`, and `/api/clusters`
+//! (the k-anonymous cluster view).
 //!
 //! `/healthz` answers 200 while the pipeline runs and 503 once it has stopped or failed, so a
 //! Kubernetes liveness probe restarts a wedged process instead of leaving it silently stalled.
@@ -13,6 +14,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 
+use super::view::ClusterView;
 use super::Metrics;
 use crate::shutdown::Shutdown;
 
@@ -46,6 +48,7 @@ impl Health {
 struct AppState {
     metrics: Metrics,
     health: Arc<Health>,
+    view: Arc<ClusterView>,
 }
 
 /// Binds `listen` and serves until `shutdown`. Returns the bound address (useful with port 0).
@@ -53,6 +56,7 @@ pub async fn serve(
     listen: &str,
     metrics: Metrics,
     health: Arc<Health>,
+    view: Arc<ClusterView>,
     mut shutdown: Shutdown,
 ) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(listen)
@@ -62,7 +66,12 @@ pub async fn serve(
     let app = Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(health_handler))
-        .with_state(AppState { metrics, health });
+        .route("/api/clusters", get(clusters_handler))
+        .with_state(AppState {
+            metrics,
+            health,
+            view,
+        });
     let handle = tokio::spawn(async move {
         let result = axum::serve(listener, app)
             .with_graceful_shutdown(async move { shutdown.recv().await })
@@ -82,6 +91,10 @@ async fn metrics_handler(State(state): State<AppState>) -> impl IntoResponse {
         )],
         state.metrics.render(),
     )
+}
+
+async fn clusters_handler(State(state): State<AppState>) -> impl IntoResponse {
+    axum::Json(serde_json::json!({ "clusters": state.view.rows() }))
 }
 
 async fn health_handler(State(state): State<AppState>) -> impl IntoResponse {

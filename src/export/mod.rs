@@ -3,5 +3,6 @@
 pub mod clusters;
 pub mod http;
 pub mod metrics;
+pub mod view;
 
 pub use metrics::Metrics;
