@@ -48,7 +48,7 @@ pub struct DemoArgs {
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Organic conversations to generate.
-    #[arg(long, default_value_t = 6000)]
+    #[arg(long, default_value_t = 4000)]
     pub organic_events: usize,
     /// Seed of the traffic generator.
     #[arg(long, default_value_t = 7)]

@@ -57,7 +57,7 @@ impl Default for TrafficSpec {
     fn default() -> Self {
         TrafficSpec {
             seed: 7,
-            organic_events: 6000,
+            organic_events: 4000,
             start: Utc
                 .with_ymd_and_hms(2026, 11, 27, 8, 0, 0)
                 .single()

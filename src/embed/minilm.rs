@@ -148,8 +148,8 @@ impl MiniLmEmbedder {
         })
     }
 
-    /// Tokenises, runs the model and pools one sub-batch whose encodings are already padded to a
-    /// common length. Returns one unit vector per encoding, in the same order.
+    /// Runs the model on one sub-batch whose encodings are already padded to a
+    /// common length, then pools. Returns one unit vector per encoding, in the same order.
     fn forward_padded(&self, encodings: &[Encoding]) -> Result<Vec<Vec<f32>>, EmbedError> {
         let inference = |e: candle_core::Error| EmbedError::Inference(e.to_string());
         let batch = encodings.len();
