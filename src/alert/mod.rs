@@ -123,3 +123,9 @@ pub fn format_event_time(ms: i64) -> String {
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
         .unwrap_or_else(|| "1970-01-01T00:00:00Z".to_string())
 }
+
+/// Rounded to four decimals so records are byte-stable across platforms' last-bit float
+/// differences.
+pub fn round4(x: f64) -> f64 {
+    (x * 10_000.0).round() / 10_000.0
+}

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use super::lifecycle::{Lifecycle, Transition};
 use super::robust::RobustStats;
 use crate::alert::{
-    format_event_time, AlertKind, AlertRecord, AlertStatus, CoordinatedStats, Severity,
+    format_event_time, round4, AlertKind, AlertRecord, AlertStatus, CoordinatedStats, Severity,
 };
 use crate::cluster::{label, ClusterId, ClusterState};
 use crate::config::CoordinatedSettings;
@@ -282,11 +282,6 @@ fn empty_stats() -> CoordinatedStats {
         surfaces: BTreeMap::new(),
         languages: BTreeMap::new(),
     }
-}
-
-/// Rounded so alert records are byte-stable across platforms' last-bit float differences.
-fn round4(x: f64) -> f64 {
-    (x * 10_000.0).round() / 10_000.0
 }
 
 #[cfg(test)]

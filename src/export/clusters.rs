@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::alert::format_event_time;
+use crate::alert::{format_event_time, round4};
 use crate::cluster::{label, ClusterId, ClusterState};
 use crate::privacy::{shown_label, PrivacyGate};
 
@@ -93,8 +93,4 @@ impl ClusterTable {
             clusters: rows,
         }
     }
-}
-
-fn round4(x: f64) -> f64 {
-    (x * 10_000.0).round() / 10_000.0
 }
