@@ -29,6 +29,12 @@ const POPULATION_MIN_COUNT: u64 = 5;
 const POPULATION_REFRESH_MS: i64 = 60_000;
 /// Floor on the tightness scale so a very uniform population does not inflate z-scores.
 const MIN_TIGHTNESS_SCALE: f64 = 0.02;
+/// Hysteresis: once an alert is open, the cluster keeps it while its tightness z stays within this
+/// much of the entry threshold and its window keeps at least this share of the entry accounts.
+/// Without it a campaign whose z hovers at the threshold opens, withdraws and reopens its alert
+/// with every member that joins.
+const STAY_Z_MARGIN: f64 = 1.0;
+const STAY_ACCOUNT_SHARE: f64 = 0.5;
 
 struct Track {
     lifecycle: Lifecycle,
@@ -39,7 +45,10 @@ struct Track {
 
 /// Result of evaluating one cluster.
 struct Evaluation {
+    /// Meets the entry condition.
     candidate: bool,
+    /// Meets the (looser) condition to keep an open alert.
+    sustained: bool,
     stats: CoordinatedStats,
     window_start_ms: i64,
 }
@@ -136,9 +145,10 @@ impl CoordinatedDetector {
     ) -> Option<AlertRecord> {
         let evaluation = self.evaluate(state, id, now_ms);
         let candidate = evaluation.as_ref().is_some_and(|e| e.candidate);
+        let sustained = evaluation.as_ref().is_some_and(|e| e.sustained);
         let transition = match self.tracks.get_mut(&id) {
             Some(track) => {
-                let t = track.lifecycle.step(candidate, now_ms);
+                let t = track.lifecycle.step(sustained, now_ms);
                 if let (Some(e), Transition::None) = (&evaluation, t) {
                     // Re-notify when severity escalates while firing.
                     let severity = severity_for(&self.settings, &e.stats);
@@ -222,17 +232,24 @@ impl CoordinatedDetector {
             .population
             .filter(|p| p.n >= self.settings.min_population)
             .map(|p| p.z(tightness, MIN_TIGHTNESS_SCALE));
-        let tight_enough = match tightness_z {
-            Some(z) => z >= self.settings.min_tightness_z,
-            None => tightness >= self.settings.fallback_min_tightness,
+        let tight_enough = |margin: f64| match tightness_z {
+            Some(z) => z >= self.settings.min_tightness_z - margin,
+            None => {
+                tightness >= self.settings.fallback_min_tightness - margin * MIN_TIGHTNESS_SCALE
+            }
         };
         let top_account_share = cluster.recent.top_account_share();
-        let candidate = self.gate.admits(cluster)
-            && window_accounts >= self.settings.min_window_accounts
-            && top_account_share <= self.settings.max_top_account_share
-            && tight_enough;
+        let shared =
+            self.gate.admits(cluster) && top_account_share <= self.settings.max_top_account_share;
+        let candidate =
+            shared && window_accounts >= self.settings.min_window_accounts && tight_enough(0.0);
+        let sustained = shared
+            && window_accounts as f64
+                >= self.settings.min_window_accounts as f64 * STAY_ACCOUNT_SHARE
+            && tight_enough(STAY_Z_MARGIN);
         Some(Evaluation {
             candidate,
+            sustained,
             window_start_ms: first,
             stats: CoordinatedStats {
                 conversations: cluster.count,
