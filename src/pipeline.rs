@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 
 use crate::alert::sinks::AlertSink;
 use crate::alert::AlertRecord;
+use crate::cluster::partitions::PartitionFeed;
 use crate::cluster::{Assignment, ClusterId, ClusterState};
 use crate::config::Settings;
 use crate::decode::{self, DecodeError};
@@ -23,7 +24,9 @@ use crate::embed::Embedder;
 use crate::event::EventMeta;
 use crate::export::Metrics;
 use crate::privacy::PrivacyGate;
-use crate::source::{DeadLetterSink, OffsetAcker, RawMessage, Rejection, SourcePosition};
+use crate::source::{
+    DeadLetterSink, OffsetAcker, PartitionAssignment, RawMessage, Rejection, SourcePosition,
+};
 use crate::summarize::{Summarizer, Summary};
 
 /// How often (in clustered events) idle clusters are swept and gauges refreshed.
@@ -40,6 +43,14 @@ enum Work {
         summary: Summary,
         position: SourcePosition,
     },
+}
+
+impl Work {
+    fn position(&self) -> SourcePosition {
+        match self {
+            Work::Skip { position } | Work::Summarized { position, .. } => *position,
+        }
+    }
 }
 
 struct Embedded {
@@ -69,6 +80,9 @@ pub struct Pipeline {
     pub embedder: Arc<dyn Embedder>,
     pub dead_letter: Arc<dyn DeadLetterSink>,
     pub acker: Arc<dyn OffsetAcker>,
+    /// The partitions the source owns, when it is a consumer group; the event clock waits for
+    /// each of them. `None` for single-stream sources.
+    pub partitions: Option<Arc<PartitionAssignment>>,
     pub assignments: Option<Box<dyn AssignmentSink>>,
     pub alert_sinks: Vec<Box<dyn AlertSink>>,
     pub metrics: Metrics,
@@ -128,6 +142,7 @@ impl Pipeline {
         let cluster = {
             let metrics = self.metrics.clone();
             let acker = self.acker.clone();
+            let partitions = self.partitions.clone();
             let assignments = self.assignments;
             let gate = gate.clone();
             let view = self.view.clone();
@@ -139,6 +154,7 @@ impl Pipeline {
                     detector,
                     gate,
                     acker,
+                    partitions,
                     assignments,
                     view,
                     metrics,
@@ -483,13 +499,22 @@ fn cluster_stage(
     mut detector: CoordinatedDetector,
     gate: PrivacyGate,
     acker: Arc<dyn OffsetAcker>,
+    partitions: Option<Arc<PartitionAssignment>>,
     mut assignments: Option<Box<dyn AssignmentSink>>,
     view: Option<Arc<crate::export::view::ClusterView>>,
     metrics: Metrics,
 ) -> anyhow::Result<(ClusterState, CoordinatedDetector)> {
     let mut since_maintenance = 0u64;
     let mut labels_refused_seen = 0u64;
+    let mut partitions = partitions.map(PartitionFeed::new);
+    let mut previous: Option<SourcePosition> = None;
     while let Some(embedded) = input.blocking_recv() {
+        if let Some(feed) = partitions.as_mut() {
+            // Every path below either finishes the event or ends the stage, so the previous
+            // event is behind the stage by now.
+            feed.before_event(previous.take(), &mut state);
+        }
+        previous = Some(embedded.work.position());
         let (meta, summary, position) = match embedded.work {
             Work::Skip { position } => {
                 acker.ack(position);

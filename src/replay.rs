@@ -88,6 +88,7 @@ pub async fn replay(
         embedder,
         dead_letter: Arc::new(FileDeadLetter::create(outputs.dead_letter.as_deref())?),
         acker: Arc::new(NoAck),
+        partitions: None,
         assignments,
         view: None,
         alert_sinks,

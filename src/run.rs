@@ -113,6 +113,7 @@ pub async fn run_kafka(
         embedder,
         dead_letter,
         acker: source.acker(metrics.clone()),
+        partitions: Some(source.assignment()),
         assignments: options.assignments,
         view: Some(view),
         alert_sinks,

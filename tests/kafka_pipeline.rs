@@ -193,9 +193,14 @@ async fn valid_events_are_clustered_once_invalid_ones_dead_lettered_and_offsets_
 
     // Exactly one coordinated-cluster alert fired, and it is the campaign's cluster.
     let alerts = alerts.0.lock().unwrap().clone();
-    // Counted by dedup key (one per cluster), which is what pages someone. A run on 2026-11-27
-    // once showed two alert ids on the same cluster (window starts 2 s apart); until that is
-    // understood the test pins the paging behaviour, and ARCHITECTURE.md lists it as open.
+    // One alert id as well as one cluster: the event clock waits for every owned partition, so a
+    // partition whose first batch arrives late cannot make the campaign withdraw and reopen.
+    let firing_ids: BTreeSet<&str> = alerts
+        .iter()
+        .filter(|a| a.kind == AlertKind::CoordinatedCluster && a.status == AlertStatus::Firing)
+        .map(|a| a.alert_id.as_str())
+        .collect();
+    assert_eq!(firing_ids.len(), 1, "exactly one alert id: {alerts:#?}");
     let firing: BTreeSet<String> = alerts
         .iter()
         .filter(|a| a.kind == AlertKind::CoordinatedCluster && a.status == AlertStatus::Firing)

@@ -10,6 +10,7 @@ pub mod distinct;
 pub mod index;
 pub mod label;
 pub mod micro;
+pub mod partitions;
 pub mod state;
 
 /// A cluster's stable id. Assigned in arrival order, so a replay of the same input reproduces it.

@@ -188,9 +188,20 @@ impl ClusterState {
         self.clock.max_seen_ms()
     }
 
-    /// Stops a revoked partition from holding the clock back.
-    pub fn forget_partition(&mut self, partition: i32) {
-        self.clock.forget(partition);
+    /// The source partitions this instance owns now (after a rebalance): the clock waits for
+    /// each of them and no longer for any other.
+    pub fn set_owned_partitions(&mut self, owned: std::collections::BTreeSet<i32>) {
+        self.clock.set_owned(owned);
+    }
+
+    /// Source `partition` has delivered everything it had and all of it is clustered: it stops
+    /// holding the clock back until it delivers again.
+    pub fn partition_idle(&mut self, partition: i32) {
+        let before = self.clock.now_ms();
+        self.clock.mark_idle(partition);
+        if self.clock.now_ms() > before {
+            self.seen.expire(self.clock.now_ms());
+        }
     }
 
     pub fn clustered_events(&self) -> u64 {
@@ -215,11 +226,11 @@ impl ClusterState {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::embed::{hashing::HashingEmbedder, Embedder};
 
-    fn meta(conv: &str, account: &str, t: i64) -> EventMeta {
+    pub(crate) fn meta(conv: &str, account: &str, t: i64) -> EventMeta {
         EventMeta {
             conversation_id: conv.into(),
             conversation_key: crate::event::identity_key("conversation", conv),
@@ -231,7 +242,7 @@ mod tests {
         }
     }
 
-    fn summary(text: &str) -> Summary {
+    pub(crate) fn summary(text: &str) -> Summary {
         Summary {
             request: text.into(),
             task: "other".into(),

@@ -7,28 +7,49 @@
 //! synchronously. A crash can therefore redeliver, never skip; redeliveries are dropped by
 //! conversation id in the cluster state.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use rdkafka::ClientContext;
 use tokio::sync::mpsc;
 
-use super::{DeadLetterSink, OffsetAcker, RawMessage, Rejection, SourcePosition};
+use super::{
+    DeadLetterSink, OffsetAcker, PartitionAssignment, RawMessage, Rejection, SourcePosition,
+};
 use crate::config::KafkaSettings;
 use crate::export::Metrics;
 use crate::shutdown::Shutdown;
 
+/// How often the brokers' high watermarks are compared with what was read, so that partitions
+/// with nothing left stop holding the event clock.
+const READ_TO_END_CHECK: Duration = Duration::from_secs(1);
+
 /// Header naming the reject reason on dead-letter records.
 pub const REJECT_REASON_HEADER: &str = "clusterwatch-reject-reason";
 
-/// Logs rebalances so an operator can correlate lag jumps with group changes.
-pub struct SourceContext;
+/// Logs rebalances so an operator can correlate lag jumps with group changes, and keeps the
+/// shared [`PartitionAssignment`] the cluster stage's event clock follows.
+pub struct SourceContext {
+    topic: String,
+    assignment: Arc<PartitionAssignment>,
+}
+
+impl SourceContext {
+    fn partitions_of(&self, tpl: &rdkafka::TopicPartitionList) -> Vec<i32> {
+        tpl.elements()
+            .iter()
+            .filter(|e| e.topic() == self.topic)
+            .map(|e| e.partition())
+            .collect()
+    }
+}
 
 impl ClientContext for SourceContext {}
 
@@ -40,10 +61,14 @@ impl ConsumerContext for SourceContext {
     ) {
         match rebalance {
             Rebalance::Assign(tpl) => {
-                tracing::info!(partitions = tpl.count(), "partitions assigned")
+                let partitions = self.partitions_of(tpl);
+                tracing::info!(?partitions, "partitions assigned");
+                self.assignment.assign(partitions);
             }
             Rebalance::Revoke(tpl) => {
-                tracing::info!(partitions = tpl.count(), "partitions revoked")
+                let partitions = self.partitions_of(tpl);
+                tracing::info!(?partitions, "partitions revoked");
+                self.assignment.revoke(partitions);
             }
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
         }
@@ -57,6 +82,7 @@ pub struct KafkaSource {
     consumer: Arc<SourceConsumer>,
     topic: String,
     max_message_bytes: usize,
+    assignment: Arc<PartitionAssignment>,
 }
 
 impl KafkaSource {
@@ -81,8 +107,13 @@ impl KafkaSource {
         for (k, v) in &settings.extra {
             config.set(k, v);
         }
+        let assignment = Arc::new(PartitionAssignment::default());
+        let context = SourceContext {
+            topic: settings.topic.clone(),
+            assignment: assignment.clone(),
+        };
         let consumer: SourceConsumer = config
-            .create_with_context(SourceContext)
+            .create_with_context(context)
             .map_err(|e| anyhow::anyhow!("cannot create Kafka consumer: {e}"))?;
         consumer
             .subscribe(&[settings.topic.as_str()])
@@ -91,6 +122,7 @@ impl KafkaSource {
             consumer: Arc::new(consumer),
             topic: settings.topic.clone(),
             max_message_bytes,
+            assignment,
         })
     }
 
@@ -101,6 +133,11 @@ impl KafkaSource {
             topic: self.topic.clone(),
             metrics,
         })
+    }
+
+    /// The partitions the group currently gives this instance.
+    pub fn assignment(&self) -> Arc<PartitionAssignment> {
+        self.assignment.clone()
     }
 
     pub fn consumer(&self) -> Arc<SourceConsumer> {
@@ -115,10 +152,18 @@ impl KafkaSource {
         metrics: Metrics,
     ) -> anyhow::Result<()> {
         let mut consecutive_errors = 0u32;
+        // Last offset read per partition, for the read-to-end reports the event clock needs.
+        let mut read: BTreeMap<i32, i64> = BTreeMap::new();
+        let mut end_check = tokio::time::interval(READ_TO_END_CHECK);
+        end_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let message = tokio::select! {
                 biased;
                 _ = shutdown.recv() => return Ok(()),
+                _ = end_check.tick() => {
+                    self.report_partitions_read_to_end(&read).await;
+                    continue;
+                }
                 m = self.consumer.recv() => m,
             };
             let message = match message {
@@ -137,6 +182,7 @@ impl KafkaSource {
                 }
             };
             consecutive_errors = 0;
+            read.insert(message.partition(), message.offset());
             metrics.events_consumed.inc();
             let payload = message.payload().unwrap_or_default();
             let raw = RawMessage {
@@ -165,6 +211,57 @@ impl KafkaSource {
         }
     }
 
+    /// Reports each owned partition whose high watermark is at or below what was read (or
+    /// committed, for a partition not read since this instance got it).
+    async fn report_partitions_read_to_end(&self, read: &BTreeMap<i32, i64>) {
+        let consumer = self.consumer.clone();
+        let topic = self.topic.clone();
+        let owned = self.assignment.owned();
+        if owned.is_empty() {
+            return;
+        }
+        let read = read.clone();
+        let check = move || -> KafkaResult<Vec<(i32, i64)>> {
+            // Only partitions this instance has not read from need the committed offsets.
+            let committed = if owned.iter().all(|p| read.contains_key(p)) {
+                None
+            } else {
+                Some(consumer.committed(Duration::from_secs(2))?)
+            };
+            let mut at_end = Vec::new();
+            for partition in owned {
+                let Some((low, high)) = cached_watermarks(&consumer, &topic, partition) else {
+                    continue;
+                };
+                let last_read = read.get(&partition).copied();
+                let next_to_read = match (last_read, &committed) {
+                    (Some(offset), _) => offset + 1,
+                    (None, Some(committed)) => match committed
+                        .find_partition(&topic, partition)
+                        .map(|e| e.offset())
+                    {
+                        Some(rdkafka::Offset::Offset(o)) => o,
+                        _ => low,
+                    },
+                    (None, None) => low,
+                };
+                if next_to_read >= high {
+                    at_end.push((partition, last_read.unwrap_or(-1)));
+                }
+            }
+            Ok(at_end)
+        };
+        match tokio::task::spawn_blocking(check).await {
+            Ok(Ok(at_end)) => {
+                for (partition, last_read) in at_end {
+                    self.assignment.read_to_end(partition, last_read);
+                }
+            }
+            Ok(Err(e)) => tracing::debug!(error = %e, "cannot read committed offsets"),
+            Err(e) => tracing::warn!(error = %e, "read-to-end check failed"),
+        }
+    }
+
     /// Commits stored offsets synchronously. Call after the pipeline has drained.
     pub fn commit(&self) -> anyhow::Result<()> {
         match self.consumer.commit_consumer_state(CommitMode::Sync) {
@@ -174,6 +271,28 @@ impl KafkaSource {
             Err(e) => Err(anyhow::anyhow!("final offset commit failed: {e}")),
         }
     }
+}
+
+/// The low and high watermarks librdkafka cached from its latest fetch response for `partition`;
+/// `None` before the first one. A network query (`fetch_watermarks`) would be fresher but waits
+/// behind the consumer's own long-polling fetches (seconds on a busy consumer), and the fetcher
+/// refreshes this cache at least every `fetch.wait.max.ms` anyway.
+fn cached_watermarks(consumer: &SourceConsumer, topic: &str, partition: i32) -> Option<(i64, i64)> {
+    let topic = std::ffi::CString::new(topic).ok()?;
+    let (mut low, mut high) = (-1i64, -1i64);
+    // SAFETY: the client pointer lives as long as `consumer`; librdkafka only reads `topic`
+    // (a valid NUL-terminated string) and writes the two out-parameters.
+    let code = unsafe {
+        rdkafka::bindings::rd_kafka_get_watermark_offsets(
+            consumer.client().native_ptr(),
+            topic.as_ptr(),
+            partition,
+            &mut low,
+            &mut high,
+        )
+    };
+    (code == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0)
+        .then_some((low.max(0), high))
 }
 
 struct KafkaAcker {

@@ -4,8 +4,11 @@
 //! [`kafka`] is the production source (a consumer group); [`file`] reads a JSONL file for
 //! `replay`. Both yield [`RawMessage`]s carrying their [`SourcePosition`].
 
+pub mod assignment;
 pub mod file;
 pub mod kafka;
+
+pub use assignment::PartitionAssignment;
 
 /// Where a message sits in its source: a Kafka partition and offset, or line 0/N of a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
