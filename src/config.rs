@@ -194,6 +194,48 @@ pub struct ClusterSettings {
     pub distinct_cap: usize,
     /// Scrubbed summaries kept per cluster for labels.
     pub reservoir_size: usize,
+    /// Nearest-centroid index: `exact` (a linear scan; measured fastest up to 20k clusters on
+    /// 2 cores, see `bench clustering`) or `hnsw` (exact below `hnsw.min_graph_size`
+    /// clusters, an instant-distance graph above).
+    pub index: IndexKind,
+    pub hnsw: crate::cluster::index::hnsw::HnswSettings,
+    pub hierarchy: HierarchySettings,
+}
+
+/// The topic and domain levels above micro-clusters (see `cluster/hierarchy.rs`).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HierarchySettings {
+    /// Cosine at which a micro-cluster joins a topic. 0.35 (CLINC150: 139 topics for 150
+    /// intents; see `eval clustering --sweep-topic-thresholds`).
+    pub topic_threshold: f32,
+    /// Cosine at which a topic joins a domain. 0.3.
+    pub domain_threshold: f32,
+    /// Weighted k-means refinement rounds after the agglomeration pass. 5.
+    pub refine_rounds: usize,
+    /// The topic level is rebuilt every this many clustered events (a count, not a time, so a
+    /// replay rebuilds at the same points). 10000.
+    pub rebuild_every_events: u64,
+}
+
+impl Default for HierarchySettings {
+    fn default() -> Self {
+        HierarchySettings {
+            topic_threshold: 0.35,
+            domain_threshold: 0.3,
+            refine_rounds: 5,
+            rebuild_every_events: 10_000,
+        }
+    }
+}
+
+/// Which [`crate::cluster::index::CentroidIndex`] the cluster state uses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IndexKind {
+    #[default]
+    Exact,
+    Hnsw,
 }
 
 impl Default for ClusterSettings {
@@ -203,6 +245,9 @@ impl Default for ClusterSettings {
             dedup_window_secs: 86_400,
             distinct_cap: 50_000,
             reservoir_size: 24,
+            index: IndexKind::Exact,
+            hnsw: Default::default(),
+            hierarchy: Default::default(),
         }
     }
 }

@@ -32,7 +32,7 @@ use crate::summarize::{Summarizer, Summary};
 /// How often (in clustered events) idle clusters are swept and gauges refreshed.
 const MAINTENANCE_EVERY: u64 = 1_000;
 /// Clusters with no event for this long (event time) are removed from memory.
-const IDLE_EXPIRY_SECS: i64 = 7 * 86_400;
+pub const IDLE_EXPIRY_SECS: i64 = 7 * 86_400;
 
 /// One message on its way through the stages.
 enum Work {
@@ -63,7 +63,8 @@ struct Embedded {
 pub struct AssignmentRecord {
     pub conversation_id: String,
     pub cluster_id: ClusterId,
-    /// The topic (second hierarchy level). No hierarchy is built yet, so it is always null.
+    /// The topic (second hierarchy level) of the cluster as of the last topic rebuild; null
+    /// before the first rebuild and for clusters born since.
     pub topic_id: Option<u64>,
 }
 
@@ -132,11 +133,14 @@ impl Pipeline {
             self.metrics.clone(),
         ));
         let gate = PrivacyGate::new(self.settings.privacy.clone());
-        let state = ClusterState::new(
+        let mut state = ClusterState::new(
             self.settings.cluster.clone(),
             self.embedder.dimension(),
             self.embedder.id(),
         );
+        if !self.deterministic_batches {
+            state = state.with_background_index_builds();
+        }
         let detector =
             CoordinatedDetector::new(self.settings.detect.coordinated.clone(), gate.clone());
         let cluster = {
@@ -575,11 +579,17 @@ fn cluster_stage(
             labels_refused_seen = detector.labels_refused();
         }
 
+        if state.topics_due() {
+            let started = Instant::now();
+            state.rebuild_topics();
+            metrics.observe_stage("topics", started.elapsed().as_secs_f64());
+            metrics.topics.set(state.topic_count() as i64);
+        }
         if let Some(sink) = assignments.as_mut() {
             sink.write(&AssignmentRecord {
                 conversation_id: meta.conversation_id.clone(),
                 cluster_id: touched,
-                topic_id: None,
+                topic_id: state.topic_of(touched),
             })?;
         }
         // Only now is the event's effect in cluster state (and its outputs handed on).

@@ -7,6 +7,7 @@
 pub mod clock;
 pub mod dedup;
 pub mod distinct;
+pub mod hierarchy;
 pub mod index;
 pub mod label;
 pub mod micro;

@@ -7,10 +7,11 @@ use std::collections::BTreeMap;
 
 use super::clock::EventClock;
 use super::dedup::SeenConversations;
-use super::index::{CentroidIndex, ExactScanIndex};
+use super::hierarchy::{LevelItem, TopicTracker};
+use super::index::{CentroidIndex, ExactScanIndex, HnswIndex};
 use super::micro::MicroCluster;
 use super::ClusterId;
-use crate::config::ClusterSettings;
+use crate::config::{ClusterSettings, IndexKind};
 use crate::event::EventMeta;
 use crate::summarize::Summary;
 
@@ -58,13 +59,25 @@ pub struct ClusterState {
     clock: EventClock,
     clustered_events: u64,
     expired_clusters: u64,
+    topics: TopicTracker,
+}
+
+fn new_index(
+    settings: &ClusterSettings,
+    dimension: usize,
+    deterministic: bool,
+) -> Box<dyn CentroidIndex> {
+    match settings.index {
+        IndexKind::Exact => Box::new(ExactScanIndex::new(dimension)),
+        IndexKind::Hnsw => Box::new(HnswIndex::new(dimension, settings.hnsw, deterministic)),
+    }
 }
 
 impl ClusterState {
     pub fn new(settings: ClusterSettings, dimension: usize, embedder_id: &str) -> Self {
         ClusterState {
             seen: SeenConversations::new(settings.dedup_window_secs),
-            index: Box::new(ExactScanIndex::new(dimension)),
+            index: new_index(&settings, dimension, true),
             settings,
             dimension,
             embedder_id: embedder_id.to_string(),
@@ -73,7 +86,21 @@ impl ClusterState {
             clock: EventClock::default(),
             clustered_events: 0,
             expired_clusters: 0,
+            topics: TopicTracker::default(),
         }
+    }
+
+    /// Lets the HNSW index rebuild on a background thread and swap the graph in when ready (live
+    /// mode). Off by default: builds then run inline at points fixed by the input, so a replay
+    /// reproduces its clusters exactly. Call before the first event.
+    pub fn with_background_index_builds(mut self) -> Self {
+        self.index = new_index(&self.settings, self.dimension, false);
+        self
+    }
+
+    /// Waits for background index work to catch up (benchmarks; see `CentroidIndex::settle`).
+    pub fn settle_index(&mut self) {
+        self.index.settle();
     }
 
     /// Assigns one summarized, embedded event read from source `partition`. `vector` must be
@@ -194,6 +221,37 @@ impl ClusterState {
         self.clock.set_owned(owned);
     }
 
+    /// Regroups the live micro-clusters into topics, carrying topic ids over.
+    pub fn rebuild_topics(&mut self) {
+        let items: Vec<LevelItem<'_>> = self
+            .clusters
+            .values()
+            .map(|c| LevelItem {
+                id: c.id,
+                centroid: &c.centroid,
+                weight: c.count as f64,
+            })
+            .collect();
+        let h = &self.settings.hierarchy;
+        self.topics
+            .rebuild(&items, h.topic_threshold, h.refine_rounds);
+    }
+
+    /// Whether `clustered_events` has reached the next topic rebuild point.
+    pub fn topics_due(&self) -> bool {
+        let every = self.settings.hierarchy.rebuild_every_events.max(1);
+        self.clustered_events > 0 && self.clustered_events % every == 0
+    }
+
+    /// The topic of micro-cluster `id` as of the last rebuild.
+    pub fn topic_of(&self, id: ClusterId) -> Option<u64> {
+        self.topics.topic_of(id)
+    }
+
+    pub fn topic_count(&self) -> usize {
+        self.topics.topics()
+    }
+
     /// Source `partition` has delivered everything it had and all of it is clustered: it stops
     /// holding the clock back until it delivers again.
     pub fn partition_idle(&mut self, partition: i32) {
@@ -306,6 +364,39 @@ pub(crate) mod tests {
         );
         assert_eq!(s.clustered_events(), 1);
         assert_eq!(s.cluster(1).unwrap().count, 1);
+    }
+
+    #[test]
+    fn topics_are_rebuilt_on_an_event_count_and_keep_their_ids() {
+        let mut s = ClusterState::new(
+            ClusterSettings {
+                join_threshold: 0.99,
+                hierarchy: crate::config::HierarchySettings {
+                    topic_threshold: 0.9,
+                    rebuild_every_events: 3,
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+            2,
+            "test",
+        );
+        let near_a = crate::cluster::index::tests::unit(&[1.0, 0.3]);
+        let a = [1.0, 0.0];
+        let b = [0.0, 1.0];
+        s.assign(0, &meta("c1", "a1", 1), &summary("x"), &a).unwrap();
+        s.assign(0, &meta("c2", "a2", 2), &summary("x"), &b).unwrap();
+        assert!(!s.topics_due());
+        s.assign(0, &meta("c3", "a3", 3), &summary("x"), &near_a).unwrap();
+        assert!(s.topics_due());
+        s.rebuild_topics();
+        let (ta, tb, tc) = (s.topic_of(1), s.topic_of(2), s.topic_of(3));
+        assert!(ta.is_some() && tb.is_some());
+        assert_eq!(ta, tc, "near micro-clusters share a topic");
+        assert_ne!(ta, tb);
+        s.rebuild_topics();
+        assert_eq!((s.topic_of(1), s.topic_of(2)), (ta, tb), "ids survive a rebuild");
+        assert_eq!(s.topic_count(), 2);
     }
 
     #[test]

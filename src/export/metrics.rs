@@ -50,6 +50,7 @@ pub struct Metrics {
     pub clusters_founded: IntCounter,
     pub clusters_expired: IntCounter,
     pub live_clusters: IntGauge,
+    pub topics: IntGauge,
     pub visible_clusters: IntGauge,
     pub open_alerts: IntGaugeVec,
     pub labels_refused: IntCounter,
@@ -156,6 +157,10 @@ impl Metrics {
             live_clusters: reg!(IntGauge::new(
                 "clusterwatch_live_clusters",
                 "Micro-clusters currently held in memory."
+            )),
+            topics: reg!(IntGauge::new(
+                "clusterwatch_topics",
+                "Topics (groups of micro-clusters) at the last topic rebuild."
             )),
             visible_clusters: reg!(IntGauge::new(
                 "clusterwatch_visible_clusters",

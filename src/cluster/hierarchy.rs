@@ -1,0 +1,292 @@
+//! The levels above micro-clusters: topics group micro-clusters, domains group topics.
+//!
+//! A level is built by weighted agglomeration of the level below's centroids: items are taken
+//! largest first, each joins the most similar group whose centroid is within the level's cosine
+//! threshold or starts a new one, and a few refinement rounds then move every item to its nearest
+//! group centroid (weighted k-means seeded by that pass). Largest-first makes the result depend on
+//! the state, not on arrival order, and weighting by conversations keeps one big cluster from
+//! being outvoted by a cloud of singletons.
+
+use std::collections::BTreeMap;
+
+use super::index::{better_of, dot};
+use super::ClusterId;
+
+/// One item of a level: an id, its unit centroid, and its weight (conversations).
+pub struct LevelItem<'a> {
+    pub id: u64,
+    pub centroid: &'a [f32],
+    pub weight: f64,
+}
+
+/// The groups of one level.
+#[derive(Debug, Clone)]
+pub struct Grouping {
+    /// Item id → group index.
+    pub group_of: BTreeMap<u64, u32>,
+    /// Unit centroids of the groups, one row per group.
+    pub centroids: Vec<Vec<f32>>,
+    pub weights: Vec<f64>,
+}
+
+/// Groups `items` at cosine `threshold`, then refines for `rounds` rounds.
+pub fn agglomerate(items: &[LevelItem<'_>], threshold: f32, rounds: usize) -> Grouping {
+    let mut order: Vec<usize> = (0..items.len()).collect();
+    // Largest first; ties by id so the result is reproducible.
+    order.sort_by(|&a, &b| {
+        items[b]
+            .weight
+            .total_cmp(&items[a].weight)
+            .then(items[a].id.cmp(&items[b].id))
+    });
+    let dimension = items.first().map_or(0, |i| i.centroid.len());
+    let mut sums: Vec<Vec<f64>> = Vec::new();
+    let mut centroids: Vec<Vec<f32>> = Vec::new();
+    let mut assignment = vec![0u32; items.len()];
+    for &i in &order {
+        let item = &items[i];
+        let nearest = centroids.iter().enumerate().fold(None, |best, (g, c)| {
+            better_of(best, (g as ClusterId, dot(c, item.centroid)))
+        });
+        let group = match nearest {
+            Some((g, sim)) if sim >= threshold => g as usize,
+            _ => {
+                sums.push(vec![0.0; dimension]);
+                centroids.push(item.centroid.to_vec());
+                sums.len() - 1
+            }
+        };
+        for (s, x) in sums[group].iter_mut().zip(item.centroid) {
+            *s += item.weight * f64::from(*x);
+        }
+        centroids[group] = unit(&sums[group]);
+        assignment[i] = group as u32;
+    }
+    for _ in 0..rounds {
+        let mut changed = false;
+        for (i, item) in items.iter().enumerate() {
+            let best = centroids.iter().enumerate().fold(None, |best, (g, c)| {
+                better_of(best, (g as ClusterId, dot(c, item.centroid)))
+            });
+            if let Some((g, _)) = best {
+                if assignment[i] != g as u32 {
+                    assignment[i] = g as u32;
+                    changed = true;
+                }
+            }
+        }
+        sums.iter_mut()
+            .for_each(|s| s.iter_mut().for_each(|x| *x = 0.0));
+        for (i, item) in items.iter().enumerate() {
+            for (s, x) in sums[assignment[i] as usize].iter_mut().zip(item.centroid) {
+                *s += item.weight * f64::from(*x);
+            }
+        }
+        for (c, s) in centroids.iter_mut().zip(&sums) {
+            if s.iter().any(|x| *x != 0.0) {
+                *c = unit(s);
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    // Drop groups the refinement emptied and renumber densely.
+    let mut weights = vec![0.0; centroids.len()];
+    for (i, item) in items.iter().enumerate() {
+        weights[assignment[i] as usize] += item.weight;
+    }
+    let mut renumber = vec![u32::MAX; centroids.len()];
+    let mut kept_centroids = Vec::new();
+    let mut kept_weights = Vec::new();
+    for (g, w) in weights.iter().enumerate() {
+        if *w > 0.0 {
+            renumber[g] = kept_centroids.len() as u32;
+            kept_centroids.push(centroids[g].clone());
+            kept_weights.push(*w);
+        }
+    }
+    Grouping {
+        group_of: items
+            .iter()
+            .zip(&assignment)
+            .map(|(item, g)| (item.id, renumber[*g as usize]))
+            .collect(),
+        centroids: kept_centroids,
+        weights: kept_weights,
+    }
+}
+
+/// Topic ids that survive rebuilds: each rebuild's groups inherit the id of the previous topic
+/// they share the most weight with (each old id goes to at most one new group, best overlap
+/// first); unmatched groups get fresh ids. Engineers can then follow "topic 17" across rebuilds.
+#[derive(Debug, Default)]
+pub struct TopicTracker {
+    topic_of: BTreeMap<ClusterId, u64>,
+    next_id: u64,
+    rebuilds: u64,
+}
+
+impl TopicTracker {
+    /// The topic of micro-cluster `id` as of the last rebuild (`None` for clusters born since).
+    pub fn topic_of(&self, id: ClusterId) -> Option<u64> {
+        self.topic_of.get(&id).copied()
+    }
+
+    pub fn topics(&self) -> usize {
+        let mut ids: Vec<u64> = self.topic_of.values().copied().collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids.len()
+    }
+
+    pub fn rebuilds(&self) -> u64 {
+        self.rebuilds
+    }
+
+    /// Regroups `items` (micro-clusters) and carries topic ids over from the previous grouping.
+    pub fn rebuild(&mut self, items: &[LevelItem<'_>], threshold: f32, rounds: usize) {
+        let grouping = agglomerate(items, threshold, rounds);
+        let weight_of: BTreeMap<u64, f64> = items.iter().map(|i| (i.id, i.weight)).collect();
+        // Weight shared by (new group, old topic).
+        let mut overlap: BTreeMap<(u32, u64), f64> = BTreeMap::new();
+        for (id, group) in &grouping.group_of {
+            if let Some(old) = self.topic_of.get(id) {
+                *overlap.entry((*group, *old)).or_default() += weight_of[id];
+            }
+        }
+        let mut pairs: Vec<((u32, u64), f64)> = overlap.into_iter().collect();
+        pairs.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        let mut id_of_group: BTreeMap<u32, u64> = BTreeMap::new();
+        let mut taken: std::collections::BTreeSet<u64> = Default::default();
+        for ((group, old), _) in pairs {
+            if !id_of_group.contains_key(&group) && taken.insert(old) {
+                id_of_group.insert(group, old);
+            }
+        }
+        let mut groups: Vec<u32> = grouping.group_of.values().copied().collect();
+        groups.sort_unstable();
+        groups.dedup();
+        for group in groups {
+            id_of_group.entry(group).or_insert_with(|| {
+                self.next_id += 1;
+                self.next_id
+            });
+        }
+        self.topic_of = grouping
+            .group_of
+            .iter()
+            .map(|(id, group)| (*id, id_of_group[group]))
+            .collect();
+        self.rebuilds += 1;
+    }
+}
+
+fn unit(sum: &[f64]) -> Vec<f32> {
+    let norm = sum
+        .iter()
+        .map(|x| x * x)
+        .sum::<f64>()
+        .sqrt()
+        .max(f64::MIN_POSITIVE);
+    sum.iter().map(|x| (x / norm) as f32).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::index::tests::unit as unit_f32;
+
+    #[test]
+    fn near_items_share_a_group_and_far_ones_do_not() {
+        let a1 = unit_f32(&[1.0, 0.1, 0.0]);
+        let a2 = unit_f32(&[1.0, 0.0, 0.1]);
+        let b = unit_f32(&[0.0, 1.0, 0.0]);
+        let items = [
+            LevelItem {
+                id: 10,
+                centroid: &a1,
+                weight: 5.0,
+            },
+            LevelItem {
+                id: 11,
+                centroid: &a2,
+                weight: 1.0,
+            },
+            LevelItem {
+                id: 12,
+                centroid: &b,
+                weight: 3.0,
+            },
+        ];
+        let g = agglomerate(&items, 0.8, 3);
+        assert_eq!(g.group_of[&10], g.group_of[&11]);
+        assert_ne!(g.group_of[&10], g.group_of[&12]);
+        assert_eq!(g.centroids.len(), 2);
+        assert_eq!(g.weights.iter().sum::<f64>(), 9.0);
+    }
+
+    #[test]
+    fn topic_ids_survive_a_rebuild_and_new_topics_get_new_ids() {
+        let a1 = unit_f32(&[1.0, 0.1, 0.0]);
+        let a2 = unit_f32(&[1.0, 0.0, 0.1]);
+        let b = unit_f32(&[0.0, 1.0, 0.0]);
+        let c = unit_f32(&[0.0, 0.0, 1.0]);
+        let mut tracker = TopicTracker::default();
+        tracker.rebuild(
+            &[
+                LevelItem {
+                    id: 1,
+                    centroid: &a1,
+                    weight: 5.0,
+                },
+                LevelItem {
+                    id: 2,
+                    centroid: &b,
+                    weight: 3.0,
+                },
+            ],
+            0.8,
+            2,
+        );
+        let topic_a = tracker.topic_of(1).unwrap();
+        let topic_b = tracker.topic_of(2).unwrap();
+        tracker.rebuild(
+            &[
+                LevelItem {
+                    id: 7,
+                    centroid: &c,
+                    weight: 9.0,
+                },
+                LevelItem {
+                    id: 2,
+                    centroid: &b,
+                    weight: 3.0,
+                },
+                LevelItem {
+                    id: 3,
+                    centroid: &a2,
+                    weight: 1.0,
+                },
+                LevelItem {
+                    id: 1,
+                    centroid: &a1,
+                    weight: 6.0,
+                },
+            ],
+            0.8,
+            2,
+        );
+        assert_eq!(tracker.topic_of(1), Some(topic_a));
+        assert_eq!(
+            tracker.topic_of(3),
+            Some(topic_a),
+            "joined the existing topic"
+        );
+        assert_eq!(tracker.topic_of(2), Some(topic_b));
+        let topic_c = tracker.topic_of(7).unwrap();
+        assert!(topic_c != topic_a && topic_c != topic_b);
+        assert_eq!(tracker.topics(), 3);
+        assert_eq!(tracker.rebuilds(), 2);
+    }
+}
