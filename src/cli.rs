@@ -40,6 +40,25 @@ pub enum Command {
     },
     /// Run the pipeline over a JSONL file of v1 events, in event time, as fast as possible.
     Replay(ReplayArgs),
+    /// Print performance figures (build with --release).
+    #[command(subcommand)]
+    Bench(BenchCommand),
+    /// Measure quality against labelled data.
+    #[command(subcommand)]
+    Eval(EvalCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EvalCommand {
+    /// NMI/AMI/ARI/purity of the online clusterer per hierarchy level, next to batch k-means.
+    Clustering(crate::eval::clustering::ClusteringEvalArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Events/s of the cluster stage per index at 1k/10k/20k live clusters, BERTopic online on
+    /// the same vectors, and peak RSS over long streams.
+    Clustering(crate::bench::clustering::ClusteringBenchArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -103,6 +122,16 @@ pub async fn main() -> ExitCode {
         Command::Demo(args) => crate::demo::run(args).await,
         Command::Run { config } => run(config).await,
         Command::Replay(args) => replay(args).await,
+        Command::Eval(EvalCommand::Clustering(args)) => {
+            tokio::task::spawn_blocking(move || crate::eval::clustering::run(&args))
+                .await
+                .unwrap_or_else(|e| Err(anyhow::anyhow!("eval panicked: {e}")))
+        }
+        Command::Bench(BenchCommand::Clustering(args)) => {
+            tokio::task::spawn_blocking(move || crate::bench::clustering::run(&args))
+                .await
+                .unwrap_or_else(|e| Err(anyhow::anyhow!("bench panicked: {e}")))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

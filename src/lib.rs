@@ -12,6 +12,7 @@
 //! sees a scrubbed summary, hashed account ids and vectors. See `ARCHITECTURE.md`.
 
 pub mod alert;
+pub mod bench;
 pub mod cli;
 pub mod cluster;
 pub mod config;
@@ -19,6 +20,7 @@ pub mod decode;
 pub mod demo;
 pub mod detect;
 pub mod embed;
+pub mod eval;
 pub mod event;
 pub mod export;
 pub mod pipeline;

@@ -1,0 +1,435 @@
+//! `clusterwatch bench clustering`: how fast the cluster stage assigns events, per index, at a
+//! given number of live clusters, with the embedder excluded (vectors are given).
+//!
+//! Each run primes a fresh `ClusterState` with one event per topic (so the live cluster count is
+//! the topic count), then times `ClusterState::assign` — nearest-centroid search plus every
+//! statistic a join updates — on one thread. The HNSW index rebuilds on a background thread as in
+//! production; the figures say so. Optionally it also streams a labelled set through both
+//! clusterwatch and BERTopic's online mode (`scripts/bertopic_online.py`) and prints the speed
+//! ratio and both NMIs, and it can measure peak RSS over a long stream whose topics churn.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+
+use super::synthetic::TopicSpace;
+use crate::cluster::index::{CentroidIndex, ExactScanIndex, HnswIndex};
+use crate::cluster::{Assignment, ClusterState};
+use crate::config::{ClusterSettings, IndexKind};
+use crate::event::EventMeta;
+use crate::summarize::Summary;
+
+/// What to run; see `clusterwatch bench clustering --help`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClusteringBenchArgs {
+    /// Live cluster counts to measure at.
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000,20000")]
+    pub clusters: Vec<usize>,
+    /// Indexes to measure.
+    #[arg(long, value_delimiter = ',', default_value = "exact,hnsw")]
+    pub indexes: Vec<String>,
+    /// Vector dimension (all-MiniLM-L6-v2 gives 384).
+    #[arg(long, default_value_t = 384)]
+    pub dimension: usize,
+    /// Minimum time spent measuring each (index, size) cell.
+    #[arg(long, default_value_t = 3.0)]
+    pub seconds: f64,
+    /// Also compare with BERTopic online on this many labelled events (0 skips it). Needs
+    /// `scripts/bertopic-venv.sh` to have been run.
+    #[arg(long, default_value_t = 20_000)]
+    pub bertopic_events: usize,
+    /// Topics (labels) in the BERTopic comparison set.
+    #[arg(long, default_value_t = 200)]
+    pub bertopic_topics: usize,
+    /// Python interpreter with BERTopic installed.
+    #[arg(long, default_value = ".cache/bertopic-venv/bin/python")]
+    pub python: PathBuf,
+    /// Stream lengths after which to report peak RSS (topics churn so live clusters plateau;
+    /// empty skips it). E.g. `1000000,10000000`.
+    #[arg(long, value_delimiter = ',')]
+    pub rss_events: Vec<u64>,
+}
+
+/// Cosine of a synthetic member to its topic centre: members of one topic then sit at about
+/// 0.72 from each other, above the default join threshold 0.62, and topics at about 0.
+const MEMBER_COSINE: f32 = 0.85;
+/// Goal from issue 3.
+const GOAL_EVENTS_PER_SEC: f64 = 100_000.0;
+
+pub fn run(args: &ClusteringBenchArgs) -> anyhow::Result<()> {
+    println!(
+        "clustering bench: dimension {}, assignment + statistics on one thread, vectors given \
+         (embedder excluded); HNSW rebuilds run on a background thread",
+        args.dimension
+    );
+    println!(
+        "{:<6} {:>13} {:>9} {:>8} {:>11} {:>10} {:>12}",
+        "index", "live_clusters", "events", "seconds", "events/s", "recall@1", "to 100k/s"
+    );
+    for &clusters in &args.clusters {
+        for kind in [IndexKind::Exact, IndexKind::Hnsw] {
+            if !args.indexes.iter().any(|i| i == index_name(kind)) {
+                continue;
+            }
+            let cell = measure_speed(kind, clusters, args.dimension, args.seconds)?;
+            println!(
+                "{:<6} {:>13} {:>9} {:>8.2} {:>11.0} {:>10} {:>11.1}x",
+                index_name(kind),
+                cell.live_clusters,
+                cell.events,
+                cell.seconds,
+                cell.events_per_sec(),
+                cell.recall
+                    .map_or_else(|| "exact".to_string(), |r| format!("{r:.4}")),
+                GOAL_EVENTS_PER_SEC / cell.events_per_sec()
+            );
+        }
+    }
+    if args.bertopic_events > 0 {
+        compare_with_bertopic(args)?;
+    }
+    for &events in &args.rss_events {
+        let (rss_kb, live) = peak_rss_after(events, args.dimension)?;
+        println!(
+            "peak RSS after {events} events (topics churn, idle clusters expire): {:.1} MB, {live} live clusters",
+            rss_kb as f64 / 1024.0
+        );
+    }
+    Ok(())
+}
+
+fn index_name(kind: IndexKind) -> &'static str {
+    match kind {
+        IndexKind::Exact => "exact",
+        IndexKind::Hnsw => "hnsw",
+    }
+}
+
+struct SpeedCell {
+    live_clusters: usize,
+    events: u64,
+    seconds: f64,
+    recall: Option<f64>,
+}
+
+impl SpeedCell {
+    fn events_per_sec(&self) -> f64 {
+        self.events as f64 / self.seconds.max(1e-9)
+    }
+}
+
+fn settings(kind: IndexKind) -> ClusterSettings {
+    ClusterSettings {
+        index: kind,
+        ..Default::default()
+    }
+}
+
+/// A synthetic event: one account in 50,000, one conversation each, 10 ms apart in event time.
+struct EventMaker {
+    next: u64,
+    start_ms: i64,
+    summary: Summary,
+}
+
+impl EventMaker {
+    fn new() -> Self {
+        EventMaker {
+            next: 0,
+            start_ms: 1_800_000_000_000,
+            summary: Summary {
+                request: "help me write a short message to a colleague".into(),
+                task: "writing".into(),
+                language: "en".into(),
+                concern: 1,
+                refused: false,
+            },
+        }
+    }
+
+    fn meta(&mut self, account: u64) -> EventMeta {
+        self.next += 1;
+        EventMeta {
+            conversation_id: String::new(),
+            conversation_key: self.next,
+            account_key: account,
+            org_key: None,
+            event_time_ms: self.start_ms + self.next as i64 * 10,
+            surface: "chat".into(),
+            classifier_flagged: false,
+        }
+    }
+}
+
+fn measure_speed(
+    kind: IndexKind,
+    topics: usize,
+    dimension: usize,
+    min_seconds: f64,
+) -> anyhow::Result<SpeedCell> {
+    let mut space = TopicSpace::new(topics, dimension, MEMBER_COSINE, 42);
+    let mut state =
+        ClusterState::new(settings(kind), dimension, "bench").with_background_index_builds();
+    let mut events = EventMaker::new();
+    for topic in 0..topics {
+        let v = space.member(topic);
+        let meta = events.meta(topic as u64 % 50_000);
+        state.assign(0, &meta, &events.summary, &v)?;
+    }
+    // Measure the steady state, not the first graph builds after a cold start.
+    state.settle_index();
+    // Pre-generate the measured vectors so generating them is not timed.
+    const CHUNK: usize = 2_000;
+    let chunk: Vec<(EventMeta, Vec<f32>)> = (0..CHUNK)
+        .map(|_| {
+            let topic = space.random_topic();
+            let account = space.rng().gen_range(0..50_000u64);
+            (events.meta(account), space.member(topic))
+        })
+        .collect();
+    let mut measured = 0u64;
+    let started = Instant::now();
+    let budget = Duration::from_secs_f64(min_seconds);
+    let mut round = 0i64;
+    while started.elapsed() < budget || measured == 0 {
+        for (meta, v) in &chunk {
+            let mut meta = meta.clone();
+            // Each round re-sends the chunk as new conversations, later in event time.
+            meta.conversation_key += (round as u64 + 1) << 40;
+            meta.event_time_ms += round * CHUNK as i64 * 10;
+            state.assign(0, &meta, &events.summary, v)?;
+            measured += 1;
+        }
+        round += 1;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let recall = match kind {
+        IndexKind::Exact => None,
+        IndexKind::Hnsw => Some(recall_at_1(&mut space, &state, dimension)),
+    };
+    Ok(SpeedCell {
+        live_clusters: state.live_clusters(),
+        events: measured,
+        seconds,
+        recall,
+    })
+}
+
+/// Recall@1 of a deterministic HNSW index over the state's centroids against the exact scan, on
+/// fresh members of random topics.
+fn recall_at_1(space: &mut TopicSpace, state: &ClusterState, dimension: usize) -> f64 {
+    let mut exact = ExactScanIndex::new(dimension);
+    // No graph while loading (that would rebuild over and over); one build at the end.
+    let mut hnsw = HnswIndex::new(
+        dimension,
+        crate::cluster::index::hnsw::HnswSettings {
+            min_graph_size: usize::MAX,
+            ..ClusterSettings::default().hnsw
+        },
+        true,
+    );
+    for c in state.clusters() {
+        exact.upsert(c.id, &c.centroid);
+        hnsw.upsert(c.id, &c.centroid);
+    }
+    hnsw.rebuild_now();
+    let queries = 2_000;
+    let mut agree = 0;
+    for _ in 0..queries {
+        let topic = space.random_topic();
+        let q = space.member(topic);
+        agree += usize::from(exact.nearest(&q).map(|x| x.0) == hnsw.nearest(&q).map(|x| x.0));
+    }
+    agree as f64 / queries as f64
+}
+
+/// Streams one labelled set through clusterwatch and through BERTopic online, same vectors.
+fn compare_with_bertopic(args: &ClusteringBenchArgs) -> anyhow::Result<()> {
+    let n = args.bertopic_events;
+    let dimension = args.dimension;
+    let mut space = TopicSpace::new(args.bertopic_topics, dimension, MEMBER_COSINE, 7);
+    let mut vectors = Vec::with_capacity(n * dimension);
+    let mut labels = Vec::with_capacity(n);
+    for _ in 0..n {
+        let topic = space.random_topic();
+        vectors.extend(space.member(topic));
+        labels.push(topic as u32);
+    }
+
+    let mut state = ClusterState::new(settings(IndexKind::Hnsw), dimension, "bench")
+        .with_background_index_builds();
+    let mut events = EventMaker::new();
+    let mut predicted = Vec::with_capacity(n);
+    let started = Instant::now();
+    for (i, v) in vectors.chunks_exact(dimension).enumerate() {
+        let meta = events.meta(i as u64 % 50_000);
+        let id = match state.assign(0, &meta, &events.summary, v)? {
+            Assignment::Founded { cluster_id } | Assignment::Joined { cluster_id, .. } => {
+                cluster_id
+            }
+            Assignment::Duplicate => anyhow::bail!("synthetic conversation ids are unique"),
+        };
+        predicted.push(id as u32);
+    }
+    let ours_seconds = started.elapsed().as_secs_f64();
+    let ours = crate::eval::metrics::score(&labels, &predicted)?;
+
+    let dir = tempfile_dir()?;
+    let vectors_path = dir.join("vectors.f32");
+    let docs_path = dir.join("docs.txt");
+    let labels_path = dir.join("labels.txt");
+    {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&vectors_path)?);
+        for x in &vectors {
+            f.write_all(&x.to_le_bytes())?;
+        }
+        let mut d = std::io::BufWriter::new(std::fs::File::create(&docs_path)?);
+        let mut l = std::io::BufWriter::new(std::fs::File::create(&labels_path)?);
+        for (i, label) in labels.iter().enumerate() {
+            // BERTopic needs text for its topic words; give it a skeleton per topic.
+            writeln!(d, "request about subject {label} variant {}", i % 7)?;
+            writeln!(l, "{label}")?;
+        }
+    }
+    println!(
+        "\nonline clustering of {n} labelled events ({} topics, dimension {dimension}), same vectors:",
+        args.bertopic_topics
+    );
+    println!(
+        "{:<22} {:>10} {:>8} {:>8} {:>8}",
+        "system", "events/s", "NMI", "AMI", "clusters"
+    );
+    let ours_rate = n as f64 / ours_seconds;
+    println!(
+        "{:<22} {:>10.0} {:>8.4} {:>8.4} {:>8}",
+        "clusterwatch (hnsw)", ours_rate, ours.nmi, ours.ami, ours.clusters
+    );
+    let result = run_bertopic(args, &vectors_path, &docs_path, &labels_path, dimension);
+    let _ = std::fs::remove_dir_all(&dir);
+    match result {
+        Ok(theirs) => {
+            println!(
+                "{:<22} {:>10.0} {:>8.4} {:>8.4} {:>8}",
+                format!("bertopic {} online", theirs.version),
+                theirs.events_per_sec,
+                theirs.nmi,
+                theirs.ami,
+                theirs.topics
+            );
+            println!(
+                "speed ratio clusterwatch / bertopic: {:.1}x (goal 50x); NMI {:.4} vs {:.4} ({})",
+                ours_rate / theirs.events_per_sec,
+                ours.nmi,
+                theirs.nmi,
+                if ours.nmi >= theirs.nmi {
+                    "at or above"
+                } else {
+                    "below"
+                }
+            );
+        }
+        Err(e) => println!("bertopic: not measured: {e:#} (run scripts/bertopic-venv.sh first)"),
+    }
+    Ok(())
+}
+
+struct BertopicResult {
+    version: String,
+    events_per_sec: f64,
+    nmi: f64,
+    ami: f64,
+    topics: u64,
+}
+
+fn run_bertopic(
+    args: &ClusteringBenchArgs,
+    vectors: &Path,
+    docs: &Path,
+    labels: &Path,
+    dimension: usize,
+) -> anyhow::Result<BertopicResult> {
+    let script = Path::new("scripts/bertopic_online.py");
+    anyhow::ensure!(args.python.exists(), "{} not found", args.python.display());
+    let output = std::process::Command::new(&args.python)
+        .arg(script)
+        .arg("--vectors")
+        .arg(vectors)
+        .arg("--dim")
+        .arg(dimension.to_string())
+        .arg("--docs")
+        .arg(docs)
+        .arg("--labels")
+        .arg(labels)
+        .arg("--batch")
+        .arg("1000")
+        .output()?;
+    anyhow::ensure!(
+        output.status.success(),
+        "bertopic_online.py failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+            .lines()
+            .last()
+            .unwrap_or_default()
+    );
+    let line = String::from_utf8_lossy(&output.stdout);
+    let v: serde_json::Value = serde_json::from_str(line.trim())?;
+    let number = |k: &str| v.get(k).and_then(|x| x.as_f64()).unwrap_or(f64::NAN);
+    Ok(BertopicResult {
+        version: v
+            .get("bertopic_version")
+            .and_then(|x| x.as_str())
+            .unwrap_or("?")
+            .to_string(),
+        events_per_sec: number("events_per_sec"),
+        nmi: number("nmi"),
+        ami: number("ami"),
+        topics: v.get("topics").and_then(|x| x.as_u64()).unwrap_or(0),
+    })
+}
+
+fn tempfile_dir() -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("clusterwatch-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// Streams `events` synthetic events whose topics churn (every 100,000 events a tenth of the
+/// topics is replaced by new ones), expiring idle clusters as the pipeline does, and returns the
+/// process's peak RSS (kB) and the live cluster count at the end.
+fn peak_rss_after(events: u64, dimension: usize) -> anyhow::Result<(u64, usize)> {
+    const TOPICS: usize = 5_000;
+    let mut space = TopicSpace::new(TOPICS * 4, dimension, MEMBER_COSINE, 11);
+    let mut state = ClusterState::new(settings(IndexKind::Hnsw), dimension, "bench")
+        .with_background_index_builds();
+    let mut maker = EventMaker::new();
+    let mut first_topic = 0usize;
+    for i in 0..events {
+        if i > 0 && i % 100_000 == 0 {
+            first_topic = (first_topic + TOPICS / 10) % (TOPICS * 3);
+        }
+        let offset = space.rng().gen_range(0..TOPICS);
+        let topic = first_topic + offset;
+        let v = space.member(topic);
+        let account = space.rng().gen_range(0..50_000u64);
+        let meta = maker.meta(account);
+        state.assign(0, &meta, &maker.summary, &v)?;
+        if i % 1_000 == 0 {
+            state.expire_idle(crate::pipeline::IDLE_EXPIRY_SECS);
+        }
+    }
+    Ok((peak_rss_kb().unwrap_or(0), state.live_clusters()))
+}
+
+/// VmHWM from /proc/self/status (Linux); `None` elsewhere.
+fn peak_rss_kb() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}

@@ -1,0 +1,5 @@
+//! `clusterwatch bench …`: throughput and memory figures printed by the binary itself, so they
+//! are measured in a release build on the machine at hand, with a baseline in the same run.
+
+pub mod clustering;
+pub mod synthetic;

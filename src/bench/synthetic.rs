@@ -1,0 +1,107 @@
+//! Synthetic labelled vectors for the clustering benchmark: unit vectors scattered around random
+//! "topic" centres, the way paraphrases of one request scatter around its meaning.
+//!
+//! The embedder is excluded from the benchmark on purpose (its speed is measured on its own), so
+//! the vectors only need the geometry that matters to the index: well-separated centres in the
+//! embedding's dimension, and members close enough to join their centre's cluster.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+pub struct TopicSpace {
+    dimension: usize,
+    centres: Vec<f32>,
+    /// Standard deviation of each coordinate of the noise, relative to a unit centre.
+    noise: f32,
+    rng: ChaCha8Rng,
+}
+
+impl TopicSpace {
+    /// `topics` random unit centres in `dimension` dimensions. `member_cosine` is the typical
+    /// cosine between a member and its centre.
+    pub fn new(topics: usize, dimension: usize, member_cosine: f32, seed: u64) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut centres = Vec::with_capacity(topics * dimension);
+        for _ in 0..topics {
+            let v: Vec<f32> = (0..dimension).map(|_| gaussian(&mut rng)).collect();
+            centres.extend(normalised(v));
+        }
+        // A member is c + e with |e|² ≈ noise² · dimension · (1/dimension)·dimension; for a
+        // cosine of m, |e| = sqrt(1/m² − 1).
+        let noise_norm = (1.0 / (member_cosine * member_cosine) - 1.0)
+            .max(0.0)
+            .sqrt();
+        TopicSpace {
+            dimension,
+            centres,
+            noise: noise_norm / (dimension as f32).sqrt(),
+            rng,
+        }
+    }
+
+    pub fn topics(&self) -> usize {
+        self.centres.len() / self.dimension
+    }
+
+    pub fn dimension(&self) -> usize {
+        self.dimension
+    }
+
+    /// A fresh member of `topic`, unit norm.
+    pub fn member(&mut self, topic: usize) -> Vec<f32> {
+        let centre = &self.centres[topic * self.dimension..(topic + 1) * self.dimension];
+        let noise = self.noise;
+        let rng = &mut self.rng;
+        let v: Vec<f32> = centre.iter().map(|c| c + noise * gaussian(rng)).collect();
+        normalised(v)
+    }
+
+    /// A uniformly random topic.
+    pub fn random_topic(&mut self) -> usize {
+        let topics = self.topics();
+        self.rng.gen_range(0..topics)
+    }
+
+    pub fn rng(&mut self) -> &mut ChaCha8Rng {
+        &mut self.rng
+    }
+}
+
+/// A standard normal sample (Box–Muller), so no distribution crate is needed for one function.
+fn gaussian(rng: &mut ChaCha8Rng) -> f32 {
+    let u1: f32 = rng.gen_range(f32::EPSILON..1.0);
+    let u2: f32 = rng.gen();
+    (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
+}
+
+fn normalised(mut v: Vec<f32>) -> Vec<f32> {
+    let norm = v
+        .iter()
+        .map(|x| x * x)
+        .sum::<f32>()
+        .sqrt()
+        .max(f32::MIN_POSITIVE);
+    v.iter_mut().for_each(|x| *x /= norm);
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::index::dot;
+
+    #[test]
+    fn members_sit_near_their_centre_and_centres_far_apart() {
+        let mut space = TopicSpace::new(20, 384, 0.8, 3);
+        let a1 = space.member(1);
+        let a2 = space.member(1);
+        let b = space.member(2);
+        let same = dot(&a1, &a2);
+        let different = dot(&a1, &b);
+        assert!(
+            same > 0.55 && same < 0.75,
+            "two members of one topic: {same}"
+        );
+        assert!(different.abs() < 0.2, "members of two topics: {different}");
+    }
+}
