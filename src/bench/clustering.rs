@@ -258,7 +258,7 @@ fn compare_with_bertopic(args: &ClusteringBenchArgs) -> anyhow::Result<()> {
         labels.push(topic as u32);
     }
 
-    let mut state = ClusterState::new(settings(IndexKind::Hnsw), dimension, "bench")
+    let mut state = ClusterState::new(ClusterSettings::default(), dimension, "bench")
         .with_background_index_builds();
     let mut events = EventMaker::new();
     let mut predicted = Vec::with_capacity(n);
@@ -304,7 +304,14 @@ fn compare_with_bertopic(args: &ClusteringBenchArgs) -> anyhow::Result<()> {
     let ours_rate = n as f64 / ours_seconds;
     println!(
         "{:<22} {:>10.0} {:>8.4} {:>8.4} {:>8}",
-        "clusterwatch (hnsw)", ours_rate, ours.nmi, ours.ami, ours.clusters
+        format!(
+            "clusterwatch ({})",
+            index_name(ClusterSettings::default().index)
+        ),
+        ours_rate,
+        ours.nmi,
+        ours.ami,
+        ours.clusters
     );
     let result = run_bertopic(args, &vectors_path, &docs_path, &labels_path, dimension);
     let _ = std::fs::remove_dir_all(&dir);

@@ -62,6 +62,17 @@ pub struct ClusterState {
     topics: TopicTracker,
 }
 
+/// The live micro-clusters as items of the level above them, weighted by conversations.
+pub fn micro_level<'a>(clusters: impl Iterator<Item = &'a MicroCluster>) -> Vec<LevelItem<'a>> {
+    clusters
+        .map(|c| LevelItem {
+            id: c.id,
+            centroid: &c.centroid,
+            weight: c.count as f64,
+        })
+        .collect()
+}
+
 fn new_index(
     settings: &ClusterSettings,
     dimension: usize,
@@ -223,15 +234,7 @@ impl ClusterState {
 
     /// Regroups the live micro-clusters into topics, carrying topic ids over.
     pub fn rebuild_topics(&mut self) {
-        let items: Vec<LevelItem<'_>> = self
-            .clusters
-            .values()
-            .map(|c| LevelItem {
-                id: c.id,
-                centroid: &c.centroid,
-                weight: c.count as f64,
-            })
-            .collect();
+        let items = micro_level(self.clusters.values());
         let h = &self.settings.hierarchy;
         self.topics
             .rebuild(&items, h.topic_threshold, h.refine_rounds);
@@ -384,10 +387,13 @@ pub(crate) mod tests {
         let near_a = crate::cluster::index::tests::unit(&[1.0, 0.3]);
         let a = [1.0, 0.0];
         let b = [0.0, 1.0];
-        s.assign(0, &meta("c1", "a1", 1), &summary("x"), &a).unwrap();
-        s.assign(0, &meta("c2", "a2", 2), &summary("x"), &b).unwrap();
+        s.assign(0, &meta("c1", "a1", 1), &summary("x"), &a)
+            .unwrap();
+        s.assign(0, &meta("c2", "a2", 2), &summary("x"), &b)
+            .unwrap();
         assert!(!s.topics_due());
-        s.assign(0, &meta("c3", "a3", 3), &summary("x"), &near_a).unwrap();
+        s.assign(0, &meta("c3", "a3", 3), &summary("x"), &near_a)
+            .unwrap();
         assert!(s.topics_due());
         s.rebuild_topics();
         let (ta, tb, tc) = (s.topic_of(1), s.topic_of(2), s.topic_of(3));
@@ -395,7 +401,11 @@ pub(crate) mod tests {
         assert_eq!(ta, tc, "near micro-clusters share a topic");
         assert_ne!(ta, tb);
         s.rebuild_topics();
-        assert_eq!((s.topic_of(1), s.topic_of(2)), (ta, tb), "ids survive a rebuild");
+        assert_eq!(
+            (s.topic_of(1), s.topic_of(2)),
+            (ta, tb),
+            "ids survive a rebuild"
+        );
         assert_eq!(s.topic_count(), 2);
     }
 

@@ -129,14 +129,7 @@ pub fn run(args: &ClusteringEvalArgs) -> anyhow::Result<()> {
 
     // Topic and domain levels over the final micro-clusters.
     let hierarchy = &settings.cluster.hierarchy;
-    let micro_items: Vec<LevelItem<'_>> = state
-        .clusters()
-        .map(|c| LevelItem {
-            id: c.id,
-            centroid: &c.centroid,
-            weight: c.count as f64,
-        })
-        .collect();
+    let micro_items = crate::cluster::state::micro_level(state.clusters());
     let topics = agglomerate(
         &micro_items,
         hierarchy.topic_threshold,
