@@ -408,7 +408,7 @@ fn tempfile_dir() -> anyhow::Result<PathBuf> {
 fn peak_rss_after(events: u64, dimension: usize) -> anyhow::Result<(u64, usize)> {
     const TOPICS: usize = 5_000;
     let mut space = TopicSpace::new(TOPICS * 4, dimension, MEMBER_COSINE, 11);
-    let mut state = ClusterState::new(settings(IndexKind::Hnsw), dimension, "bench")
+    let mut state = ClusterState::new(ClusterSettings::default(), dimension, "bench")
         .with_background_index_builds();
     let mut maker = EventMaker::new();
     let mut first_topic = 0usize;
