@@ -94,6 +94,10 @@ pub struct ReplayArgs {
     /// Write the k-anonymous cluster table as JSON.
     #[arg(long)]
     pub clusters_out: Option<PathBuf>,
+    /// Write one JSON line per cluster lifecycle event (born, merged, died); counts only for
+    /// clusters above the privacy gate. `died` lines are the archive of dead clusters.
+    #[arg(long)]
+    pub lifecycle_out: Option<PathBuf>,
     /// Write one JSON line per rejected input line (line number and reason; never its text).
     #[arg(long)]
     pub dead_letter_out: Option<PathBuf>,
@@ -157,6 +161,7 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         alerts: args.alerts_out,
         assignments: args.assignments_out,
         clusters: args.clusters_out,
+        lifecycle: args.lifecycle_out,
         dead_letter: args.dead_letter_out,
     };
     let metrics = Metrics::new();

@@ -190,8 +190,22 @@ pub struct ClusterSettings {
     pub join_threshold: f32,
     /// How long (event time) a conversation id is remembered to drop redeliveries, in seconds.
     pub dedup_window_secs: i64,
-    /// Exact distinct-account tracking per cluster stops growing at this many members.
+    /// Distinct accounts and orgs per cluster are counted exactly up to this many, then by a
+    /// HyperLogLog++ sketch (~1.6% error, a few KiB). 1024.
     pub distinct_cap: usize,
+    /// Half-life of a cluster's weight, centroid pull and tightness, in event seconds; 0 turns
+    /// decay (and with it archiving) off. 86400 (a day).
+    pub decay_half_life_secs: i64,
+    /// A cluster whose decayed weight falls below this is archived (a `died` lifecycle event)
+    /// and leaves memory. 0.05: a one-conversation cluster lasts ~4.3 idle half-lives, one of
+    /// 1000 conversations ~14.3.
+    pub archive_weight: f64,
+    /// Two clusters whose centroids reach this cosine merge; the older id survives. Above 1.0
+    /// turns merging off. 0.85.
+    pub merge_threshold: f32,
+    /// Archive and merge passes run every this many clustered events (a count, so a replay runs
+    /// them at the same points). 1000.
+    pub maintenance_every_events: u64,
     /// Scrubbed summaries kept per cluster for labels.
     pub reservoir_size: usize,
     /// Nearest-centroid index: `exact` (a linear scan; measured fastest up to 20k clusters on
@@ -243,7 +257,11 @@ impl Default for ClusterSettings {
         ClusterSettings {
             join_threshold: 0.62,
             dedup_window_secs: 86_400,
-            distinct_cap: 50_000,
+            distinct_cap: 1024,
+            decay_half_life_secs: 86_400,
+            archive_weight: 0.05,
+            merge_threshold: 0.85,
+            maintenance_every_events: 1000,
             reservoir_size: 24,
             index: IndexKind::Exact,
             hnsw: Default::default(),

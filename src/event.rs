@@ -61,6 +61,8 @@ pub struct EventMeta {
     pub event_time_ms: i64,
     pub surface: String,
     pub classifier_flagged: bool,
+    /// SimHash of the first user turn's skeleton ([`crate::cluster::template`]); 0 when unknown.
+    pub template: u64,
 }
 
 impl EventMeta {
@@ -74,6 +76,7 @@ impl EventMeta {
             event_time_ms: event.timestamp.timestamp_millis(),
             surface: event.surface.clone(),
             classifier_flagged: !event.signals.classifier_flags.is_empty(),
+            template: crate::cluster::template::fingerprint(event),
         }
     }
 }

@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 
 use crate::alert::sinks::AlertSink;
 use crate::alert::AlertRecord;
+use crate::cluster::lifecycle::{LifecycleEvent, LifecycleKind};
 use crate::cluster::partitions::PartitionFeed;
 use crate::cluster::{Assignment, ClusterId, ClusterState};
 use crate::config::Settings;
@@ -28,11 +29,6 @@ use crate::source::{
     DeadLetterSink, OffsetAcker, PartitionAssignment, RawMessage, Rejection, SourcePosition,
 };
 use crate::summarize::{Summarizer, Summary};
-
-/// How often (in clustered events) idle clusters are swept and gauges refreshed.
-const MAINTENANCE_EVERY: u64 = 1_000;
-/// Clusters with no event for this long (event time) are removed from memory.
-pub const IDLE_EXPIRY_SECS: i64 = 7 * 86_400;
 
 /// One message on its way through the stages.
 enum Work {
@@ -68,11 +64,17 @@ pub struct AssignmentRecord {
     pub topic_id: Option<u64>,
 }
 
-/// Receives assignments in order; called from the cluster stage's thread.
-pub trait AssignmentSink: Send {
-    fn write(&mut self, record: &AssignmentRecord) -> anyhow::Result<()>;
+/// Receives records in order (assignments, lifecycle events); called from the cluster stage's
+/// thread.
+pub trait RecordSink<T>: Send {
+    fn write(&mut self, record: &T) -> anyhow::Result<()>;
     fn flush(&mut self) -> anyhow::Result<()>;
 }
+
+/// Where `--assignments-out` lines go.
+pub type AssignmentSink = dyn RecordSink<AssignmentRecord>;
+/// Where `--lifecycle-out` lines go (already redacted by the privacy gate).
+pub type LifecycleSink = dyn RecordSink<LifecycleEvent>;
 
 /// Everything a pipeline run needs besides its input.
 pub struct Pipeline {
@@ -84,7 +86,8 @@ pub struct Pipeline {
     /// The partitions the source owns, when it is a consumer group; the event clock waits for
     /// each of them. `None` for single-stream sources.
     pub partitions: Option<Arc<PartitionAssignment>>,
-    pub assignments: Option<Box<dyn AssignmentSink>>,
+    pub assignments: Option<Box<AssignmentSink>>,
+    pub lifecycle: Option<Box<LifecycleSink>>,
     pub alert_sinks: Vec<Box<dyn AlertSink>>,
     pub metrics: Metrics,
     /// Where the cluster stage publishes the k-anonymous cluster view, if anyone reads it.
@@ -147,9 +150,12 @@ impl Pipeline {
             let metrics = self.metrics.clone();
             let acker = self.acker.clone();
             let partitions = self.partitions.clone();
-            let assignments = self.assignments;
+            let outputs = ClusterOutputs {
+                assignments: self.assignments,
+                lifecycle: self.lifecycle,
+                view: self.view.clone(),
+            };
             let gate = gate.clone();
-            let view = self.view.clone();
             tokio::task::spawn_blocking(move || {
                 cluster_stage(
                     embedded_rx,
@@ -159,8 +165,7 @@ impl Pipeline {
                     gate,
                     acker,
                     partitions,
-                    assignments,
-                    view,
+                    outputs,
                     metrics,
                 )
             })
@@ -494,6 +499,50 @@ async fn embed_with_isolation(
     }
 }
 
+/// What the cluster stage writes besides alerts.
+struct ClusterOutputs {
+    assignments: Option<Box<AssignmentSink>>,
+    lifecycle: Option<Box<LifecycleSink>>,
+    /// Where the k-anonymous cluster view is published, if anyone reads it.
+    view: Option<Arc<crate::export::view::ClusterView>>,
+}
+
+impl ClusterOutputs {
+    /// Counts lifecycle events, moves alerts off merged-away clusters, and writes the events
+    /// (redacted below the privacy gate) to `--lifecycle-out`.
+    fn lifecycle(
+        &mut self,
+        events: Vec<LifecycleEvent>,
+        detector: &mut CoordinatedDetector,
+        gate: &PrivacyGate,
+        metrics: &Metrics,
+    ) -> anyhow::Result<()> {
+        for event in events {
+            metrics
+                .cluster_lifecycle
+                .with_label_values(&[event.event.as_str()])
+                .inc();
+            if let (LifecycleKind::Merged, Some(into)) = (event.event, event.into) {
+                detector.follow_merge(event.cluster_id, into);
+            }
+            if let Some(sink) = self.lifecycle.as_mut() {
+                sink.write(&gate.redact_lifecycle(&event))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> anyhow::Result<()> {
+        if let Some(sink) = self.assignments.as_mut() {
+            sink.flush()?;
+        }
+        if let Some(sink) = self.lifecycle.as_mut() {
+            sink.flush()?;
+        }
+        Ok(())
+    }
+}
+
 /// Owns cluster state and the detector; runs on a blocking thread (it is CPU work).
 #[allow(clippy::too_many_arguments)]
 fn cluster_stage(
@@ -504,11 +553,9 @@ fn cluster_stage(
     gate: PrivacyGate,
     acker: Arc<dyn OffsetAcker>,
     partitions: Option<Arc<PartitionAssignment>>,
-    mut assignments: Option<Box<dyn AssignmentSink>>,
-    view: Option<Arc<crate::export::view::ClusterView>>,
+    mut outputs: ClusterOutputs,
     metrics: Metrics,
 ) -> anyhow::Result<(ClusterState, CoordinatedDetector)> {
-    let mut since_maintenance = 0u64;
     let mut labels_refused_seen = 0u64;
     let mut partitions = partitions.map(PartitionFeed::new);
     let mut previous: Option<SourcePosition> = None;
@@ -549,10 +596,7 @@ fn cluster_stage(
                 acker.ack(position);
                 continue;
             }
-            Assignment::Founded { cluster_id } => {
-                metrics.clusters_founded.inc();
-                cluster_id
-            }
+            Assignment::Founded { cluster_id } => cluster_id,
             Assignment::Joined { cluster_id, .. } => cluster_id,
         };
         metrics
@@ -585,7 +629,7 @@ fn cluster_stage(
             metrics.observe_stage("topics", started.elapsed().as_secs_f64());
             metrics.topics.set(state.topic_count() as i64);
         }
-        if let Some(sink) = assignments.as_mut() {
+        if let Some(sink) = outputs.assignments.as_mut() {
             sink.write(&AssignmentRecord {
                 conversation_id: meta.conversation_id.clone(),
                 cluster_id: touched,
@@ -595,20 +639,20 @@ fn cluster_stage(
         // Only now is the event's effect in cluster state (and its outputs handed on).
         acker.ack(position);
 
-        since_maintenance += 1;
-        if since_maintenance >= MAINTENANCE_EVERY {
-            since_maintenance = 0;
-            let expired = state.expire_idle(IDLE_EXPIRY_SECS);
-            metrics.clusters_expired.inc_by(expired as u64);
+        if state.maintenance_due() {
+            let started = Instant::now();
+            let events = state.maintain();
+            metrics.observe_stage("maintain", started.elapsed().as_secs_f64());
+            outputs.lifecycle(events, &mut detector, &gate, &metrics)?;
             update_gauges(&state, &detector, &gate, &metrics);
-            publish_view(view.as_deref(), &state, &gate);
+            publish_view(outputs.view.as_deref(), &state, &gate);
         }
     }
+    let events = state.drain_lifecycle();
+    outputs.lifecycle(events, &mut detector, &gate, &metrics)?;
     update_gauges(&state, &detector, &gate, &metrics);
-    publish_view(view.as_deref(), &state, &gate);
-    if let Some(sink) = assignments.as_mut() {
-        sink.flush()?;
-    }
+    publish_view(outputs.view.as_deref(), &state, &gate);
+    outputs.flush()?;
     Ok((state, detector))
 }
 

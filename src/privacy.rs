@@ -25,8 +25,23 @@ impl PrivacyGate {
 
     /// True when `cluster` is k-anonymous enough to be shown.
     pub fn admits(&self, cluster: &MicroCluster) -> bool {
-        cluster.accounts.count() >= self.settings.min_accounts
-            && cluster.count >= self.settings.min_conversations
+        self.admits_counts(cluster.accounts.count(), cluster.count)
+    }
+
+    /// The same test on counts (for a cluster that has already left the state).
+    pub fn admits_counts(&self, accounts: usize, conversations: u64) -> bool {
+        accounts >= self.settings.min_accounts && conversations >= self.settings.min_conversations
+    }
+
+    /// A lifecycle event as it may be shown: counts only for a cluster above the gate.
+    pub fn redact_lifecycle(
+        &self,
+        event: &crate::cluster::lifecycle::LifecycleEvent,
+    ) -> crate::cluster::lifecycle::LifecycleEvent {
+        match (event.accounts, event.conversations) {
+            (Some(a), Some(c)) if self.admits_counts(a, c) => event.clone(),
+            _ => event.clone().without_counts(),
+        }
     }
 }
 

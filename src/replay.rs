@@ -16,7 +16,7 @@ use crate::config::Settings;
 use crate::embed::Embedder;
 use crate::export::clusters::ClusterTable;
 use crate::export::Metrics;
-use crate::pipeline::{AssignmentRecord, AssignmentSink, Pipeline, PipelineReport};
+use crate::pipeline::{AssignmentSink, LifecycleSink, Pipeline, PipelineReport, RecordSink};
 use crate::source::file::{read_lines, FileDeadLetter};
 use crate::source::NoAck;
 
@@ -26,17 +26,18 @@ pub struct ReplayOutputs {
     pub alerts: Option<PathBuf>,
     pub assignments: Option<PathBuf>,
     pub clusters: Option<PathBuf>,
+    pub lifecycle: Option<PathBuf>,
     pub dead_letter: Option<PathBuf>,
 }
 
-/// Writes `--assignments-out` lines.
-pub struct JsonlAssignments {
+/// Writes one JSON line per record (`--assignments-out`, `--lifecycle-out`).
+pub struct JsonlRecords {
     writer: std::io::BufWriter<std::fs::File>,
 }
 
-impl JsonlAssignments {
+impl JsonlRecords {
     pub fn create(path: &Path) -> anyhow::Result<Self> {
-        Ok(JsonlAssignments {
+        Ok(JsonlRecords {
             writer: std::io::BufWriter::new(
                 std::fs::File::create(path)
                     .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", path.display()))?,
@@ -45,8 +46,8 @@ impl JsonlAssignments {
     }
 }
 
-impl AssignmentSink for JsonlAssignments {
-    fn write(&mut self, record: &AssignmentRecord) -> anyhow::Result<()> {
+impl<T: serde::Serialize> RecordSink<T> for JsonlRecords {
+    fn write(&mut self, record: &T) -> anyhow::Result<()> {
         serde_json::to_writer(&mut self.writer, record)?;
         self.writer.write_all(b"\n")?;
         Ok(())
@@ -79,8 +80,12 @@ pub async fn replay(
         alert_sinks.push(Box::new(JsonlSink::create(path)?));
     }
     alert_sinks.extend(extra_alert_sinks);
-    let assignments: Option<Box<dyn AssignmentSink>> = match &outputs.assignments {
-        Some(path) => Some(Box::new(JsonlAssignments::create(path)?)),
+    let assignments: Option<Box<AssignmentSink>> = match &outputs.assignments {
+        Some(path) => Some(Box::new(JsonlRecords::create(path)?)),
+        None => None,
+    };
+    let lifecycle: Option<Box<LifecycleSink>> = match &outputs.lifecycle {
+        Some(path) => Some(Box::new(JsonlRecords::create(path)?)),
         None => None,
     };
     let pipeline = Pipeline {
@@ -90,6 +95,7 @@ pub async fn replay(
         acker: Arc::new(NoAck),
         partitions: None,
         assignments,
+        lifecycle,
         view: None,
         alert_sinks,
         metrics: metrics.clone(),

@@ -69,7 +69,7 @@ pub struct RunOptions {
     /// Called with the HTTP server's bound address once it listens.
     pub on_listen: Option<Box<dyn FnOnce(std::net::SocketAddr) + Send>>,
     /// Receives every assignment (tests use it to check exactly-once counting).
-    pub assignments: Option<Box<dyn AssignmentSink>>,
+    pub assignments: Option<Box<AssignmentSink>>,
 }
 
 /// Consumes the configured topic until `shutdown` fires, then drains the pipeline, commits the
@@ -115,6 +115,7 @@ pub async fn run_kafka(
         acker: source.acker(metrics.clone()),
         partitions: Some(source.assignment()),
         assignments: options.assignments,
+        lifecycle: None,
         view: Some(view),
         alert_sinks,
         metrics: metrics.clone(),

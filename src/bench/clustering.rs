@@ -93,7 +93,7 @@ pub fn run(args: &ClusteringBenchArgs) -> anyhow::Result<()> {
     for &events in &args.rss_events {
         let (rss_kb, live) = peak_rss_after(events, args.dimension)?;
         println!(
-            "peak RSS after {events} events (topics churn, idle clusters expire): {:.1} MB, {live} live clusters",
+            "peak RSS after {events} events (topics churn; decay half-life {RSS_HALF_LIFE_SECS} s of event time, archive and merge on): {:.1} MB, {live} live clusters",
             rss_kb as f64 / 1024.0
         );
     }
@@ -159,6 +159,7 @@ impl EventMaker {
             event_time_ms: self.start_ms + self.next as i64 * 10,
             surface: "chat".into(),
             classifier_flagged: false,
+            template: 0,
         }
     }
 }
@@ -402,14 +403,21 @@ fn tempfile_dir() -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
+/// Decay half-life of the RSS stream, in event seconds: events are 10 ms apart, so this is
+/// 60,000 events, and a cluster whose topic stopped dies about 4–15 half-lives later.
+const RSS_HALF_LIFE_SECS: i64 = 600;
+
 /// Streams `events` synthetic events whose topics churn (every 100,000 events a tenth of the
-/// topics is replaced by new ones), expiring idle clusters as the pipeline does, and returns the
-/// process's peak RSS (kB) and the live cluster count at the end.
+/// topics is replaced by new ones), with decay, archiving and merging as the pipeline runs them,
+/// and returns the process's peak RSS (kB) and the live cluster count at the end.
 fn peak_rss_after(events: u64, dimension: usize) -> anyhow::Result<(u64, usize)> {
     const TOPICS: usize = 5_000;
     let mut space = TopicSpace::new(TOPICS * 4, dimension, MEMBER_COSINE, 11);
-    let mut state = ClusterState::new(ClusterSettings::default(), dimension, "bench")
-        .with_background_index_builds();
+    let settings = ClusterSettings {
+        decay_half_life_secs: RSS_HALF_LIFE_SECS,
+        ..ClusterSettings::default()
+    };
+    let mut state = ClusterState::new(settings, dimension, "bench").with_background_index_builds();
     let mut maker = EventMaker::new();
     let mut first_topic = 0usize;
     for i in 0..events {
@@ -422,8 +430,8 @@ fn peak_rss_after(events: u64, dimension: usize) -> anyhow::Result<(u64, usize)>
         let account = space.rng().gen_range(0..50_000u64);
         let meta = maker.meta(account);
         state.assign(0, &meta, &maker.summary, &v)?;
-        if i % 1_000 == 0 {
-            state.expire_idle(crate::pipeline::IDLE_EXPIRY_SECS);
+        if state.maintenance_due() {
+            state.maintain();
         }
     }
     Ok((peak_rss_kb().unwrap_or(0), state.live_clusters()))

@@ -1,30 +1,53 @@
 //! One micro-cluster and the statistics the detectors and outputs read.
 //!
-//! Everything here is a count, a vector or a scrubbed summary: no raw text and no account id. The
-//! recent-join window is kept in event time so detection replays identically.
+//! Everything here is a count, a vector, a sketch or a scrubbed summary: no raw text and no account
+//! id. The recent-join window and the decay run in event time so detection replays identically.
+//!
+//! Every statistic is mergeable ([`MicroCluster::merge`]), because two clusters whose centroids
+//! converge become one, and the survivor must describe both.
+//!
+//! Decay: the centroid's vector sum, the cluster's weight and its tightness sum all decay with the
+//! configured half-life of event time, so a cluster follows what its members ask now, and one that
+//! goes quiet fades until the state archives it. `count` (conversations) never decays: the privacy
+//! gate counts real conversations.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
+use serde::{Deserialize, Serialize};
+
 use super::distinct::DistinctCounter;
+use super::template::TemplateTally;
 use super::ClusterId;
 use crate::event::EventMeta;
 use crate::summarize::Summary;
+
+/// `2^(-elapsed / half_life)`: how much of a weight survives `elapsed_ms` of event time.
+pub fn decay_factor(elapsed_ms: i64, half_life_ms: i64) -> f64 {
+    if elapsed_ms <= 0 || half_life_ms <= 0 {
+        return 1.0;
+    }
+    (-(elapsed_ms as f64) / half_life_ms as f64).exp2()
+}
 
 /// Joins remembered for the sliding window, at most this many (a burst beyond it still shows up
 /// as a full window; the oldest entries go first).
 const MAX_RECENT_JOINS: usize = 20_000;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MicroCluster {
     pub id: ClusterId,
     pub born_ms: i64,
     pub last_seen_ms: i64,
+    /// Conversations clustered here (merges add up; never decays).
     pub count: u64,
-    /// Sum of member vectors; the centroid is its normalisation.
+    /// Decayed member weight as of `decayed_at_ms`: each member adds 1, halving every half-life.
+    weight: f64,
+    decayed_at_ms: i64,
+    /// Decayed sum of member vectors; the centroid is its normalisation.
     sum: Vec<f32>,
     pub centroid: Vec<f32>,
-    /// Sum over members of their similarity to the centroid at the time they joined (the founder
-    /// counts 1). `similarity_sum / count` is the cluster's tightness.
+    /// Decayed sum over members of their similarity to the centroid at the time they joined (the
+    /// founder counts 1). `similarity_sum / weight` is the cluster's (recent) tightness.
     similarity_sum: f64,
     pub accounts: DistinctCounter,
     pub orgs: DistinctCounter,
@@ -37,6 +60,7 @@ pub struct MicroCluster {
     pub concern_histogram: [u64; 5],
     pub recent: RecentJoins,
     pub reservoir: Reservoir,
+    pub templates: TemplateTally,
 }
 
 impl MicroCluster {
@@ -53,6 +77,8 @@ impl MicroCluster {
             born_ms: meta.event_time_ms,
             last_seen_ms: meta.event_time_ms,
             count: 0,
+            weight: 0.0,
+            decayed_at_ms: meta.event_time_ms,
             sum: vec![0.0; vector.len()],
             centroid: vector.to_vec(),
             similarity_sum: 0.0,
@@ -66,25 +92,58 @@ impl MicroCluster {
             concern_histogram: [0; 5],
             recent: RecentJoins::default(),
             reservoir: Reservoir::new(reservoir_size),
+            templates: TemplateTally::default(),
         };
-        c.absorb(meta, summary, vector, 1.0);
+        c.absorb(meta, summary, vector, 1.0, 0);
         c
     }
 
-    /// Adds a member that matched with `similarity` to the current centroid.
-    pub fn absorb(&mut self, meta: &EventMeta, summary: &Summary, vector: &[f32], similarity: f32) {
-        self.count += 1;
-        self.last_seen_ms = self.last_seen_ms.max(meta.event_time_ms);
-        self.similarity_sum += f64::from(similarity);
-        for (s, v) in self.sum.iter_mut().zip(vector) {
-            *s += v;
+    /// Brings the decayed sums forward to `at_ms` (never backwards).
+    fn decay_to(&mut self, at_ms: i64, half_life_ms: i64) {
+        if at_ms <= self.decayed_at_ms {
+            return;
         }
+        let f = decay_factor(at_ms - self.decayed_at_ms, half_life_ms);
+        self.decayed_at_ms = at_ms;
+        if f == 1.0 {
+            return;
+        }
+        self.weight *= f;
+        self.similarity_sum *= f;
+        let f = f as f32;
+        self.sum.iter_mut().for_each(|s| *s *= f);
+    }
+
+    fn renormalise(&mut self) {
         let norm = self.sum.iter().map(|x| x * x).sum::<f32>().sqrt();
         if norm > 0.0 {
             for (c, s) in self.centroid.iter_mut().zip(&self.sum) {
                 *c = s / norm;
             }
         }
+    }
+
+    /// Adds a member that matched with `similarity` to the current centroid. `half_life_ms` of 0
+    /// turns decay off. A member older than the cluster's decay point counts with its own decay.
+    pub fn absorb(
+        &mut self,
+        meta: &EventMeta,
+        summary: &Summary,
+        vector: &[f32],
+        similarity: f32,
+        half_life_ms: i64,
+    ) {
+        self.count += 1;
+        self.last_seen_ms = self.last_seen_ms.max(meta.event_time_ms);
+        self.decay_to(meta.event_time_ms, half_life_ms);
+        let own = decay_factor(self.decayed_at_ms - meta.event_time_ms, half_life_ms);
+        self.weight += own;
+        self.similarity_sum += own * f64::from(similarity);
+        let own = own as f32;
+        for (s, v) in self.sum.iter_mut().zip(vector) {
+            *s += own * v;
+        }
+        self.renormalise();
         self.accounts.insert(meta.account_key);
         if let Some(org) = meta.org_key {
             self.orgs.insert(org);
@@ -100,7 +159,9 @@ impl MicroCluster {
         }
         let bucket = usize::from(summary.concern.clamp(1, 5) - 1);
         self.concern_histogram[bucket] += 1;
-        self.recent.push(meta.event_time_ms, meta.account_key);
+        self.recent
+            .push(meta.event_time_ms, meta.account_key, meta.org_key);
+        self.templates.record(meta.template, meta.account_key);
         self.reservoir.offer(
             meta.conversation_key,
             meta.account_key,
@@ -109,12 +170,63 @@ impl MicroCluster {
         );
     }
 
-    /// Mean similarity of members to the centroid when they joined, in [-1, 1].
+    /// Folds `other` into this cluster (the older id survives a merge; the caller picks). Sums
+    /// are decayed to a common time first. Tightness becomes the weighted mean of both, which
+    /// slightly flatters the merged cluster: `other`'s members were close to its own centroid,
+    /// which the merge threshold keeps close to this one.
+    pub fn merge(&mut self, other: &MicroCluster, half_life_ms: i64) {
+        let at = self.decayed_at_ms.max(other.decayed_at_ms);
+        self.decay_to(at, half_life_ms);
+        let f = decay_factor(at - other.decayed_at_ms, half_life_ms);
+        self.weight += other.weight * f;
+        self.similarity_sum += other.similarity_sum * f;
+        let f = f as f32;
+        for (s, o) in self.sum.iter_mut().zip(&other.sum) {
+            *s += f * o;
+        }
+        self.renormalise();
+        self.reservoir
+            .merge(&other.reservoir, self.count, other.count);
+        self.count += other.count;
+        self.born_ms = self.born_ms.min(other.born_ms);
+        self.last_seen_ms = self.last_seen_ms.max(other.last_seen_ms);
+        self.accounts.merge(&other.accounts);
+        self.orgs.merge(&other.orgs);
+        for (mine, theirs) in [
+            (&mut self.surfaces, &other.surfaces),
+            (&mut self.languages, &other.languages),
+            (&mut self.tasks, &other.tasks),
+        ] {
+            for (k, n) in theirs {
+                *mine.entry(k.clone()).or_default() += n;
+            }
+        }
+        self.refused += other.refused;
+        self.classifier_flagged += other.classifier_flagged;
+        for (mine, theirs) in self
+            .concern_histogram
+            .iter_mut()
+            .zip(other.concern_histogram)
+        {
+            *mine += theirs;
+        }
+        self.recent.merge(&other.recent);
+        self.templates.merge(&other.templates);
+    }
+
+    /// Decayed weight at event time `at_ms`: about how many members it would take to rebuild the
+    /// cluster's pull now. The state archives clusters whose weight falls below a floor.
+    pub fn weight_at(&self, at_ms: i64, half_life_ms: i64) -> f64 {
+        self.weight * decay_factor(at_ms - self.decayed_at_ms, half_life_ms)
+    }
+
+    /// Mean similarity of (recent, by decay) members to the centroid when they joined, in
+    /// [-1, 1].
     pub fn tightness(&self) -> f64 {
-        if self.count == 0 {
+        if self.weight <= 0.0 {
             0.0
         } else {
-            self.similarity_sum / self.count as f64
+            self.similarity_sum / self.weight
         }
     }
 
@@ -134,38 +246,73 @@ impl MicroCluster {
     }
 }
 
-/// Joins within the detection window: event time and account key, oldest first.
-#[derive(Debug, Clone, Default)]
+/// One join in the detection window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct Join {
+    event_time_ms: i64,
+    account: u64,
+    org: Option<u64>,
+}
+
+/// Joins within the detection window, oldest first, with exact distinct accounts and orgs.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct RecentJoins {
-    joins: VecDeque<(i64, u64)>,
+    joins: VecDeque<Join>,
     per_account: HashMap<u64, u32>,
+    per_org: HashMap<u64, u32>,
+}
+
+fn count_down(map: &mut HashMap<u64, u32>, key: u64) {
+    if let Some(n) = map.get_mut(&key) {
+        *n -= 1;
+        if *n == 0 {
+            map.remove(&key);
+        }
+    }
 }
 
 impl RecentJoins {
-    fn push(&mut self, event_time_ms: i64, account: u64) {
+    fn push(&mut self, event_time_ms: i64, account: u64, org: Option<u64>) {
         // Keep the deque ordered by time even if events arrive slightly out of order.
-        let pos = self.joins.partition_point(|(t, _)| *t <= event_time_ms);
-        self.joins.insert(pos, (event_time_ms, account));
+        let pos = self
+            .joins
+            .partition_point(|j| j.event_time_ms <= event_time_ms);
+        self.joins.insert(
+            pos,
+            Join {
+                event_time_ms,
+                account,
+                org,
+            },
+        );
         *self.per_account.entry(account).or_default() += 1;
+        if let Some(org) = org {
+            *self.per_org.entry(org).or_default() += 1;
+        }
         while self.joins.len() > MAX_RECENT_JOINS {
             self.pop_front();
         }
     }
 
     fn pop_front(&mut self) {
-        if let Some((_, account)) = self.joins.pop_front() {
-            if let Some(n) = self.per_account.get_mut(&account) {
-                *n -= 1;
-                if *n == 0 {
-                    self.per_account.remove(&account);
-                }
+        if let Some(join) = self.joins.pop_front() {
+            count_down(&mut self.per_account, join.account);
+            if let Some(org) = join.org {
+                count_down(&mut self.per_org, org);
             }
+        }
+    }
+
+    /// Interleaves `other`'s joins by time (a merge), keeping the newest within the bound.
+    fn merge(&mut self, other: &RecentJoins) {
+        for join in &other.joins {
+            self.push(join.event_time_ms, join.account, join.org);
         }
     }
 
     /// Drops joins at or before `cutoff_ms`.
     pub fn expire_before(&mut self, cutoff_ms: i64) {
-        while matches!(self.joins.front(), Some((t, _)) if *t <= cutoff_ms) {
+        while matches!(self.joins.front(), Some(j) if j.event_time_ms <= cutoff_ms) {
             self.pop_front();
         }
     }
@@ -178,6 +325,10 @@ impl RecentJoins {
         self.per_account.len()
     }
 
+    pub fn distinct_orgs(&self) -> usize {
+        self.per_org.len()
+    }
+
     /// Share of the window's joins made by its busiest account.
     pub fn top_account_share(&self) -> f64 {
         let top = self.per_account.values().copied().max().unwrap_or(0);
@@ -185,23 +336,23 @@ impl RecentJoins {
     }
 
     pub fn first_time_ms(&self) -> Option<i64> {
-        self.joins.front().map(|(t, _)| *t)
+        self.joins.front().map(|j| j.event_time_ms)
     }
 
     pub fn last_time_ms(&self) -> Option<i64> {
-        self.joins.back().map(|(t, _)| *t)
+        self.joins.back().map(|j| j.event_time_ms)
     }
 }
 
 /// A fixed-size uniform sample of scrubbed summaries, for labels. Replacement decisions hash the
 /// conversation key instead of drawing from an RNG, so replays keep the same sample.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Reservoir {
     capacity: usize,
     items: Vec<ReservoirItem>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ReservoirItem {
     pub account_key: u64,
     pub request: String,
@@ -243,6 +394,21 @@ impl Reservoir {
     pub fn items(&self) -> &[ReservoirItem] {
         &self.items
     }
+
+    /// Combines two samples of populations of `mine` and `theirs` members into one sample of
+    /// the union: each side keeps a share of the slots proportional to its population.
+    pub(crate) fn merge(&mut self, other: &Reservoir, mine: u64, theirs: u64) {
+        let total = (mine + theirs).max(1);
+        let from_other = ((self.capacity as u64 * theirs + total / 2) / total) as usize;
+        let from_other = from_other.min(other.items.len());
+        let keep = self
+            .capacity
+            .saturating_sub(from_other)
+            .min(self.items.len());
+        self.items.truncate(keep);
+        self.items
+            .extend(other.items.iter().take(self.capacity - keep).cloned());
+    }
 }
 
 #[cfg(test)]
@@ -252,9 +418,10 @@ mod tests {
     #[test]
     fn recent_window_counts_and_expires() {
         let mut r = RecentJoins::default();
-        r.push(1000, 1);
-        r.push(3000, 2);
-        r.push(2000, 1);
+        r.push(1000, 1, Some(10));
+        r.push(3000, 2, None);
+        r.push(2000, 1, Some(11));
+        assert_eq!(r.distinct_orgs(), 2);
         assert_eq!(r.joins(), 3);
         assert_eq!(r.distinct_accounts(), 2);
         assert!((r.top_account_share() - 2.0 / 3.0).abs() < 1e-9);
@@ -262,6 +429,35 @@ mod tests {
         assert_eq!(r.joins(), 1);
         assert_eq!(r.distinct_accounts(), 1);
         assert_eq!(r.first_time_ms(), Some(3000));
+        assert_eq!(r.distinct_orgs(), 0);
+    }
+
+    #[test]
+    fn decay_halves_per_half_life_and_merge_keeps_every_statistic() {
+        use crate::cluster::state::tests::{meta, summary};
+        let day = 86_400_000;
+        let v = [1.0f32, 0.0];
+        let mut a = MicroCluster::found(1, &meta("c1", "a1", 0), &summary("x"), &v, 100, 4);
+        assert!((a.weight_at(day, day) - 0.5).abs() < 1e-9);
+        assert!((a.weight_at(2 * day, day) - 0.25).abs() < 1e-9);
+        a.absorb(&meta("c2", "a2", day), &summary("y"), &v, 0.9, day);
+        assert!((a.weight_at(day, day) - 1.5).abs() < 1e-9);
+        let w = [0.0f32, 1.0];
+        let mut b = MicroCluster::found(2, &meta("c3", "a2", day), &summary("z"), &w, 100, 4);
+        b.absorb(&meta("c4", "a3", day), &summary("z"), &w, 0.8, day);
+        a.merge(&b, day);
+        assert_eq!(a.count, 4);
+        assert_eq!(a.accounts.count(), 3);
+        assert_eq!(a.recent.joins(), 4);
+        assert_eq!(a.born_ms, 0);
+        assert!((a.weight_at(day, day) - 3.5).abs() < 1e-9);
+        // The merged centroid leans to the heavier side: (0.5+1, 2) normalised.
+        assert!(a.centroid[1] > a.centroid[0]);
+        assert_eq!(a.reservoir.items().len(), 4);
+        let bytes = postcard::to_stdvec(&a).unwrap();
+        let back: MicroCluster = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(back.count, 4);
+        assert_eq!(back.centroid, a.centroid);
     }
 
     #[test]

@@ -10,9 +10,11 @@ pub mod distinct;
 pub mod hierarchy;
 pub mod index;
 pub mod label;
+pub mod lifecycle;
 pub mod micro;
 pub mod partitions;
 pub mod state;
+pub mod template;
 
 /// A cluster's stable id. Assigned in arrival order, so a replay of the same input reproduces it.
 pub type ClusterId = u64;

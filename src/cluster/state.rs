@@ -2,13 +2,19 @@
 //!
 //! One task owns it (no locks on the hot path); outputs read copies it hands out. Every decision
 //! is a function of the events and their event times, so replays reproduce ids exactly.
+//!
+//! Identity is stable: an id is born once, and changes only through a recorded lifecycle event.
+//! Every `maintenance_every_events` clustered events (a count, so replays agree) the state archives
+//! clusters whose decayed weight fell below `archive_weight`, and merges clusters whose centroids
+//! converged past `merge_threshold` into the older of the two. Memory follows live clusters.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::clock::EventClock;
 use super::dedup::SeenConversations;
 use super::hierarchy::{LevelItem, TopicTracker};
 use super::index::{CentroidIndex, ExactScanIndex, HnswIndex};
+use super::lifecycle::{LifecycleEvent, LifecycleKind};
 use super::micro::MicroCluster;
 use super::ClusterId;
 use crate::config::{ClusterSettings, IndexKind};
@@ -58,8 +64,14 @@ pub struct ClusterState {
     seen: SeenConversations,
     clock: EventClock,
     clustered_events: u64,
-    expired_clusters: u64,
     topics: TopicTracker,
+    /// Lifecycle events not yet taken by [`ClusterState::drain_lifecycle`] (bounded: the cluster
+    /// stage drains them at every maintenance point).
+    lifecycle: Vec<LifecycleEvent>,
+    /// Lifecycle events so far, by kind (index of [`LifecycleKind::ALL`]).
+    lifecycle_totals: [u64; 3],
+    /// Clusters whose centroid moved since the last merge check.
+    moved: BTreeSet<ClusterId>,
 }
 
 /// The live micro-clusters as items of the level above them, weighted by conversations.
@@ -96,8 +108,37 @@ impl ClusterState {
             next_id: 1,
             clock: EventClock::default(),
             clustered_events: 0,
-            expired_clusters: 0,
             topics: TopicTracker::default(),
+            lifecycle: Vec::new(),
+            lifecycle_totals: [0; 3],
+            moved: BTreeSet::new(),
+        }
+    }
+
+    fn half_life_ms(&self) -> i64 {
+        self.settings.decay_half_life_secs.saturating_mul(1000)
+    }
+
+    fn record(&mut self, event: LifecycleEvent) {
+        let kind = LifecycleKind::ALL
+            .iter()
+            .position(|k| *k == event.event)
+            .expect("every kind is listed");
+        self.lifecycle_totals[kind] += 1;
+        self.lifecycle.push(event);
+    }
+
+    fn lifecycle_event(kind: LifecycleKind, cluster: &MicroCluster, at_ms: i64) -> LifecycleEvent {
+        LifecycleEvent {
+            event: kind,
+            cluster_id: cluster.id,
+            into: None,
+            event_time_ms: at_ms,
+            born_ms: cluster.born_ms,
+            last_seen_ms: cluster.last_seen_ms,
+            conversations: Some(cluster.count),
+            accounts: Some(cluster.accounts.count()),
+            similarity: None,
         }
     }
 
@@ -145,9 +186,11 @@ impl ClusterState {
         let nearest = self.index.nearest(vector);
         Ok(match nearest {
             Some((id, similarity)) if similarity >= self.settings.join_threshold => {
+                let half_life_ms = self.half_life_ms();
                 if let Some(cluster) = self.clusters.get_mut(&id) {
-                    cluster.absorb(meta, summary, vector, similarity);
+                    cluster.absorb(meta, summary, vector, similarity, half_life_ms);
                     self.index.upsert(id, &cluster.centroid);
+                    self.moved.insert(id);
                     return Ok(Assignment::Joined {
                         cluster_id: id,
                         similarity,
@@ -174,29 +217,110 @@ impl ClusterState {
             self.settings.reservoir_size,
         );
         self.index.upsert(id, &cluster.centroid);
+        self.record(Self::lifecycle_event(
+            LifecycleKind::Born,
+            &cluster,
+            meta.event_time_ms,
+        ));
         self.clusters.insert(id, cluster);
         Assignment::Founded { cluster_id: id }
     }
 
-    /// Removes clusters that saw no event for `idle_secs` of event time, so memory follows live
-    /// clusters rather than history. Returns how many were removed.
-    pub fn expire_idle(&mut self, idle_secs: i64) -> usize {
-        let cutoff = self
-            .clock
-            .now_ms()
-            .saturating_sub(idle_secs.saturating_mul(1000));
-        let dead: Vec<ClusterId> = self
+    /// Whether `clustered_events` has reached the next maintenance point.
+    pub fn maintenance_due(&self) -> bool {
+        let every = self.settings.maintenance_every_events.max(1);
+        self.clustered_events > 0 && self.clustered_events % every == 0
+    }
+
+    /// Archives faded clusters, then merges converged ones. Returns the lifecycle events since
+    /// the last call (births included), in the order they happened.
+    pub fn maintain(&mut self) -> Vec<LifecycleEvent> {
+        self.archive_faded();
+        self.merge_converged();
+        self.drain_lifecycle()
+    }
+
+    /// Lifecycle events recorded since the last drain.
+    pub fn drain_lifecycle(&mut self) -> Vec<LifecycleEvent> {
+        std::mem::take(&mut self.lifecycle)
+    }
+
+    /// Removes clusters whose decayed weight, at the event clock, is below `archive_weight`.
+    /// Their `died` event is the archive record.
+    fn archive_faded(&mut self) {
+        let half_life_ms = self.half_life_ms();
+        if half_life_ms <= 0 {
+            return;
+        }
+        let now = self.clock.now_ms();
+        let floor = self.settings.archive_weight;
+        let faded: Vec<ClusterId> = self
             .clusters
             .values()
-            .filter(|c| c.last_seen_ms < cutoff)
+            .filter(|c| c.weight_at(now, half_life_ms) < floor)
             .map(|c| c.id)
             .collect();
-        for id in &dead {
-            self.clusters.remove(id);
-            self.index.remove(*id);
+        for id in faded {
+            if let Some(cluster) = self.clusters.remove(&id) {
+                self.index.remove(id);
+                self.moved.remove(&id);
+                self.record(Self::lifecycle_event(LifecycleKind::Died, &cluster, now));
+            }
         }
-        self.expired_clusters += dead.len() as u64;
-        dead.len()
+    }
+
+    /// Merges every moved cluster whose nearest other centroid is at least `merge_threshold`
+    /// similar into the older of the two. Ascending ids, so replays merge identically; a
+    /// survivor whose centroid moved is checked again at the next maintenance.
+    fn merge_converged(&mut self) {
+        let threshold = self.settings.merge_threshold;
+        if threshold > 1.0 {
+            return;
+        }
+        let half_life_ms = self.half_life_ms();
+        let now = self.clock.now_ms();
+        for id in std::mem::take(&mut self.moved) {
+            let Some(centroid) = self.clusters.get(&id).map(|c| c.centroid.clone()) else {
+                continue;
+            };
+            let Some((other, similarity)) = self.index.nearest_excluding(&centroid, Some(id))
+            else {
+                continue;
+            };
+            if similarity < threshold {
+                continue;
+            }
+            let (survivor, absorbed) = (id.min(other), id.max(other));
+            let Some(gone) = self.clusters.remove(&absorbed) else {
+                self.index.remove(absorbed);
+                continue;
+            };
+            self.index.remove(absorbed);
+            self.moved.remove(&absorbed);
+            let Some(kept) = self.clusters.get_mut(&survivor) else {
+                // Unreachable while index and map agree; put the cluster back rather than lose it.
+                self.index.upsert(absorbed, &gone.centroid);
+                self.clusters.insert(absorbed, gone);
+                continue;
+            };
+            kept.merge(&gone, half_life_ms);
+            self.index.upsert(survivor, &kept.centroid);
+            let mut event = Self::lifecycle_event(LifecycleKind::Merged, &gone, now);
+            event.into = Some(survivor);
+            event.similarity = Some(similarity);
+            self.record(event);
+            self.moved.insert(survivor);
+        }
+    }
+
+    /// Lifecycle events so far by kind, in [`LifecycleKind::ALL`] order.
+    pub fn lifecycle_totals(&self) -> [(LifecycleKind, u64); 3] {
+        let t = self.lifecycle_totals;
+        [
+            (LifecycleKind::Born, t[0]),
+            (LifecycleKind::Merged, t[1]),
+            (LifecycleKind::Died, t[2]),
+        ]
     }
 
     pub fn cluster(&self, id: ClusterId) -> Option<&MicroCluster> {
@@ -269,10 +393,6 @@ impl ClusterState {
         self.clustered_events
     }
 
-    pub fn expired_clusters(&self) -> u64 {
-        self.expired_clusters
-    }
-
     pub fn remembered_conversations(&self) -> usize {
         self.seen.len()
     }
@@ -300,6 +420,7 @@ pub(crate) mod tests {
             event_time_ms: t,
             surface: "chat".into(),
             classifier_flagged: false,
+            template: 0,
         }
     }
 
@@ -409,23 +530,96 @@ pub(crate) mod tests {
         assert_eq!(s.topic_count(), 2);
     }
 
+    fn unit2(x: f32, y: f32) -> Vec<f32> {
+        let n = (x * x + y * y).sqrt();
+        vec![x / n, y / n]
+    }
+
     #[test]
-    fn idle_clusters_expire_by_event_time() {
-        let e = HashingEmbedder::new(64);
-        let mut s = ClusterState::new(ClusterSettings::default(), 64, e.id());
-        let v = e
-            .embed_batch(&["alpha beta".to_string(), "gamma delta".to_string()])
+    fn faded_clusters_are_archived_in_event_time_with_a_died_record() {
+        let settings = ClusterSettings {
+            decay_half_life_secs: 3600,
+            maintenance_every_events: 1,
+            ..ClusterSettings::default()
+        };
+        let mut s = ClusterState::new(settings, 2, "test");
+        s.assign(0, &meta("c1", "a1", 0), &summary("a"), &unit2(1.0, 0.0))
             .unwrap();
-        s.assign(0, &meta("c1", "a1", 0), &summary("alpha beta"), &v[0])
-            .unwrap();
+        assert!(s.maintenance_due());
+        let events = s.maintain();
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].event, LifecycleKind::Born);
+        // 5 hours later the first cluster's weight is 2^-5 < 0.05: archived.
         s.assign(
             0,
-            &meta("c2", "a1", 10_000_000),
-            &summary("gamma delta"),
-            &v[1],
+            &meta("c2", "a1", 5 * 3_600_000),
+            &summary("b"),
+            &unit2(0.0, 1.0),
         )
         .unwrap();
-        assert_eq!(s.expire_idle(3600), 1);
+        let events = s.maintain();
+        let kinds: Vec<_> = events.iter().map(|e| (e.event, e.cluster_id)).collect();
+        assert_eq!(
+            kinds,
+            vec![(LifecycleKind::Born, 2), (LifecycleKind::Died, 1)]
+        );
+        assert_eq!(events[1].conversations, Some(1));
         assert_eq!(s.live_clusters(), 1);
+        assert_eq!(s.lifecycle_totals()[2], (LifecycleKind::Died, 1));
+    }
+
+    #[test]
+    fn converging_clusters_merge_into_the_older_id() {
+        let settings = ClusterSettings {
+            join_threshold: 0.9,
+            merge_threshold: 0.95,
+            maintenance_every_events: 1_000_000,
+            ..ClusterSettings::default()
+        };
+        let mut s = ClusterState::new(settings, 2, "test");
+        // Two clusters 30 degrees apart (cos 0.866 < 0.9: separate) ...
+        let a = unit2(1.0, 0.0);
+        let b = unit2(0.866, 0.5);
+        s.assign(0, &meta("c1", "a1", 0), &summary("a"), &a)
+            .unwrap();
+        s.assign(0, &meta("c2", "a2", 1), &summary("b"), &b)
+            .unwrap();
+        assert_eq!(s.live_clusters(), 2);
+        // ... each pulled towards the middle by members only it is nearest to.
+        let mid_a = unit2(0.990, 0.139); // 8 degrees
+        let mid_b = unit2(0.927, 0.375); // 22 degrees
+        for i in 0..20 {
+            s.assign(
+                0,
+                &meta(&format!("a{i}"), &format!("x{i}"), 10 + i),
+                &summary("a"),
+                &mid_a,
+            )
+            .unwrap();
+            s.assign(
+                0,
+                &meta(&format!("b{i}"), &format!("y{i}"), 10 + i),
+                &summary("b"),
+                &mid_b,
+            )
+            .unwrap();
+        }
+        assert_eq!(s.live_clusters(), 2);
+        let events = s.maintain();
+        let merged: Vec<_> = events
+            .iter()
+            .filter(|e| e.event == LifecycleKind::Merged)
+            .collect();
+        assert_eq!(merged.len(), 1, "{events:?}");
+        assert_eq!((merged[0].cluster_id, merged[0].into), (2, Some(1)));
+        assert_eq!(s.live_clusters(), 1);
+        let survivor = s.cluster(1).unwrap();
+        assert_eq!(survivor.count, 42);
+        assert_eq!(survivor.accounts.count(), 42);
+        // The merged cluster is found under the surviving id.
+        let next = s
+            .assign(0, &meta("c-next", "z", 100), &summary("b"), &mid_b)
+            .unwrap();
+        assert_eq!(next.cluster_id(), Some(1));
     }
 }

@@ -105,6 +105,22 @@ impl CoordinatedDetector {
         records
     }
 
+    /// Cluster `absorbed` merged into `survivor`: an open alert moves with it, keeping its alert
+    /// id, so the campaign is not reported twice. When both had one, the firing (else the
+    /// survivor's) alert is kept and the other is dropped without a record.
+    pub fn follow_merge(&mut self, absorbed: ClusterId, survivor: ClusterId) {
+        let Some(moved) = self.tracks.remove(&absorbed) else {
+            return;
+        };
+        let keep_moved = match self.tracks.get(&survivor) {
+            None => true,
+            Some(existing) => moved.lifecycle.is_firing() && !existing.lifecycle.is_firing(),
+        };
+        if keep_moved {
+            self.tracks.insert(survivor, moved);
+        }
+    }
+
     /// Alerts currently pending or firing.
     pub fn open_alerts(&self) -> usize {
         self.tracks.len()
@@ -350,6 +366,7 @@ mod tests {
                 event_time_ms: t_secs * 1000,
                 surface: "chat".into(),
                 classifier_flagged: false,
+                template: 0,
             };
             let summary = Summary {
                 request: text.into(),

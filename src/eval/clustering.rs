@@ -117,6 +117,7 @@ pub fn run(args: &ClusteringEvalArgs) -> anyhow::Result<()> {
             event_time_ms: 1_800_000_000_000 + arrival as i64 * 1000,
             surface: "chat".into(),
             classifier_flagged: false,
+            template: 0,
         };
         micro[i] = match state.assign(0, &meta, &summary, row(i))? {
             Assignment::Founded { cluster_id } | Assignment::Joined { cluster_id, .. } => {

@@ -47,8 +47,8 @@ pub struct Metrics {
     pub alerts: IntCounterVec,
     pub alerts_delivered: IntCounterVec,
     pub alert_delivery_failures: IntCounterVec,
-    pub clusters_founded: IntCounter,
-    pub clusters_expired: IntCounter,
+    /// Cluster lifecycle events by `event`: born, merged, died.
+    pub cluster_lifecycle: IntCounterVec,
     pub live_clusters: IntGauge,
     pub topics: IntGauge,
     pub visible_clusters: IntGauge,
@@ -146,13 +146,13 @@ impl Metrics {
                 ),
                 &["sink"]
             )),
-            clusters_founded: reg!(IntCounter::new(
-                "clusterwatch_clusters_founded_total",
-                "Micro-clusters founded."
-            )),
-            clusters_expired: reg!(IntCounter::new(
-                "clusterwatch_clusters_expired_total",
-                "Micro-clusters removed after going idle in event time."
+            cluster_lifecycle: reg!(IntCounterVec::new(
+                Opts::new(
+                    "clusterwatch_cluster_lifecycle_events_total",
+                    "Micro-cluster lifecycle events: born, merged (into an older cluster), died \
+                     (archived after its decayed weight faded)."
+                ),
+                &["event"]
             )),
             live_clusters: reg!(IntGauge::new(
                 "clusterwatch_live_clusters",
@@ -212,6 +212,11 @@ impl Metrics {
         }
         for stage in STAGES {
             metrics.stage_errors.with_label_values(&[stage]);
+        }
+        for kind in crate::cluster::lifecycle::LifecycleKind::ALL {
+            metrics
+                .cluster_lifecycle
+                .with_label_values(&[kind.as_str()]);
         }
         metrics
     }

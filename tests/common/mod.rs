@@ -12,7 +12,7 @@ use clusterwatch::alert::sinks::AlertSink;
 use clusterwatch::alert::AlertRecord;
 use clusterwatch::demo::traffic::GeneratedMessage;
 use clusterwatch::embed::Embedder;
-use clusterwatch::pipeline::{AssignmentRecord, AssignmentSink};
+use clusterwatch::pipeline::{AssignmentRecord, RecordSink};
 
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -192,7 +192,7 @@ impl AlertSink for CaptureAlerts {
 #[derive(Clone, Default)]
 pub struct CaptureAssignments(pub Arc<Mutex<Vec<AssignmentRecord>>>);
 
-impl AssignmentSink for CaptureAssignments {
+impl RecordSink<AssignmentRecord> for CaptureAssignments {
     fn write(&mut self, record: &AssignmentRecord) -> anyhow::Result<()> {
         self.0.lock().unwrap().push(record.clone());
         Ok(())

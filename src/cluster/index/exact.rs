@@ -29,10 +29,12 @@ impl ExactScanIndex {
 
 impl ExactScanIndex {
     /// The exact nearest centroid; `&self`, so other indexes can use it as their exact part.
-    pub fn scan(&self, query: &[f32]) -> Option<(ClusterId, f32)> {
+    pub fn scan(&self, query: &[f32], exclude: Option<ClusterId>) -> Option<(ClusterId, f32)> {
         let mut best: Option<(ClusterId, f32)> = None;
         for (row, id) in self.rows.chunks_exact(self.dimension).zip(&self.ids) {
-            best = better_of(best, (*id, dot(row, query)));
+            if Some(*id) != exclude {
+                best = better_of(best, (*id, dot(row, query)));
+            }
         }
         best
     }
@@ -57,8 +59,12 @@ impl ExactScanIndex {
 }
 
 impl CentroidIndex for ExactScanIndex {
-    fn nearest(&mut self, query: &[f32]) -> Option<(ClusterId, f32)> {
-        self.scan(query)
+    fn nearest_excluding(
+        &mut self,
+        query: &[f32],
+        exclude: Option<ClusterId>,
+    ) -> Option<(ClusterId, f32)> {
+        self.scan(query, exclude)
     }
 
     fn upsert(&mut self, id: ClusterId, centroid: &[f32]) {

@@ -228,16 +228,20 @@ impl HnswIndex {
 }
 
 impl CentroidIndex for HnswIndex {
-    fn nearest(&mut self, query: &[f32]) -> Option<(ClusterId, f32)> {
+    fn nearest_excluding(
+        &mut self,
+        query: &[f32],
+        exclude: Option<ClusterId>,
+    ) -> Option<(ClusterId, f32)> {
         self.collect_finished_build();
-        let mut best = self.delta.scan(query);
+        let mut best = self.delta.scan(query, exclude);
         let Some(graph) = &self.graph else {
             return best;
         };
         let point = UnitPoint(query.to_vec().into_boxed_slice());
         for item in graph.map.search(&point, &mut self.search) {
             let id = *item.value;
-            if self.removed.contains(&id) || self.delta.contains(id) {
+            if Some(id) == exclude || self.removed.contains(&id) || self.delta.contains(id) {
                 continue;
             }
             if let Some(now) = self.current.centroid(id) {

@@ -20,7 +20,16 @@ pub use hnsw::HnswIndex;
 pub trait CentroidIndex: Send {
     /// The most similar centroid and its cosine similarity, or `None` when empty. `&mut` so an
     /// index can reuse search buffers and pick up a finished background build.
-    fn nearest(&mut self, query: &[f32]) -> Option<(ClusterId, f32)>;
+    fn nearest(&mut self, query: &[f32]) -> Option<(ClusterId, f32)> {
+        self.nearest_excluding(query, None)
+    }
+    /// As [`CentroidIndex::nearest`], ignoring `exclude` (a cluster looking for its nearest
+    /// neighbour, for merges).
+    fn nearest_excluding(
+        &mut self,
+        query: &[f32],
+        exclude: Option<ClusterId>,
+    ) -> Option<(ClusterId, f32)>;
     /// Adds or replaces the centroid of `id`.
     fn upsert(&mut self, id: ClusterId, centroid: &[f32]);
     /// Forgets `id`; unknown ids are ignored.
