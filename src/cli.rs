@@ -37,6 +37,10 @@ pub enum Command {
         /// TOML settings file (defaults apply for anything it leaves out).
         #[arg(long)]
         config: PathBuf,
+        /// Move an existing snapshot aside (`.reset-<unix time>`) and start from empty cluster
+        /// state, e.g. after changing the embedder.
+        #[arg(long)]
+        reset_clusters: bool,
     },
     /// Run the pipeline over a JSONL file of v1 events, in event time, as fast as possible.
     Replay(ReplayArgs),
@@ -124,7 +128,10 @@ pub async fn main() -> ExitCode {
     init_logging(&cli.log_format);
     let result = match cli.command {
         Command::Demo(args) => crate::demo::run(args).await,
-        Command::Run { config } => run(config).await,
+        Command::Run {
+            config,
+            reset_clusters,
+        } => run(config, reset_clusters).await,
         Command::Replay(args) => replay(args).await,
         Command::Eval(EvalCommand::Clustering(args)) => {
             tokio::task::spawn_blocking(move || crate::eval::clustering::run(&args))
@@ -147,11 +154,15 @@ pub async fn main() -> ExitCode {
     }
 }
 
-async fn run(config: PathBuf) -> anyhow::Result<()> {
+async fn run(config: PathBuf, reset_clusters: bool) -> anyhow::Result<()> {
     let settings = Settings::load(Some(&config))?;
     let (trigger, _) = crate::shutdown::channel();
     tokio::spawn(crate::shutdown::on_signal(trigger.clone()));
-    crate::run::run_kafka(settings, trigger, crate::run::RunOptions::default()).await?;
+    let options = crate::run::RunOptions {
+        reset_clusters,
+        ..Default::default()
+    };
+    crate::run::run_kafka(settings, trigger, options).await?;
     Ok(())
 }
 

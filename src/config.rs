@@ -30,6 +30,7 @@ pub struct Settings {
     pub privacy: PrivacySettings,
     pub alerts: AlertSettings,
     pub http: HttpSettings,
+    pub snapshot: SnapshotSettings,
 }
 
 impl Settings {
@@ -362,6 +363,30 @@ impl Default for AlertSettings {
             alertmanager_max_attempts: 5,
             print: false,
             generator_url: String::new(),
+        }
+    }
+}
+
+/// Snapshots of cluster state with the source offsets they reflect (see `cluster/snapshot.rs`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SnapshotSettings {
+    /// Directory for `clusterwatch-<group>.snapshot`; empty disables snapshots (and Kafka offsets
+    /// are then acknowledged per event). With a directory, offsets are acknowledged only once a
+    /// snapshot holding their events is on disk, and `run` resumes from the snapshot.
+    pub dir: String,
+    /// Wall-clock seconds between snapshots (at most; only when something changed). 60.
+    pub interval_secs: u64,
+    /// A snapshot is also taken after this many processed messages. 100000.
+    pub every_events: u64,
+}
+
+impl Default for SnapshotSettings {
+    fn default() -> Self {
+        SnapshotSettings {
+            dir: String::new(),
+            interval_secs: 60,
+            every_events: 100_000,
         }
     }
 }

@@ -17,6 +17,7 @@ use crate::alert::sinks::AlertSink;
 use crate::alert::AlertRecord;
 use crate::cluster::lifecycle::{LifecycleEvent, LifecycleKind};
 use crate::cluster::partitions::PartitionFeed;
+use crate::cluster::snapshotter::Snapshotter;
 use crate::cluster::{Assignment, ClusterId, ClusterState};
 use crate::config::Settings;
 use crate::decode::{self, DecodeError};
@@ -83,6 +84,10 @@ pub struct Pipeline {
     pub embedder: Arc<dyn Embedder>,
     pub dead_letter: Arc<dyn DeadLetterSink>,
     pub acker: Arc<dyn OffsetAcker>,
+    /// State to continue from (a loaded snapshot); `None` starts empty.
+    pub initial_state: Option<ClusterState>,
+    /// Snapshot the state as it goes; offsets are then acknowledged only once in a snapshot.
+    pub snapshots: Option<SnapshotPlan>,
     /// The partitions the source owns, when it is a consumer group; the event clock waits for
     /// each of them. `None` for single-stream sources.
     pub partitions: Option<Arc<PartitionAssignment>>,
@@ -95,6 +100,15 @@ pub struct Pipeline {
     /// Replay mode: embed batches are always filled to `embed_batch_size` (or end of input), so
     /// batch composition — and with it every float — is independent of timing.
     pub deterministic_batches: bool,
+}
+
+/// Where and how often the cluster stage snapshots.
+pub struct SnapshotPlan {
+    pub path: std::path::PathBuf,
+    pub source_topic: String,
+    pub settings: crate::config::SnapshotSettings,
+    /// The offsets (next to read) of the snapshot `initial_state` came from.
+    pub resumed: std::collections::BTreeMap<i32, i64>,
 }
 
 /// What a finished run leaves behind, for summaries and `--clusters-out`.
@@ -136,11 +150,14 @@ impl Pipeline {
             self.metrics.clone(),
         ));
         let gate = PrivacyGate::new(self.settings.privacy.clone());
-        let mut state = ClusterState::new(
-            self.settings.cluster.clone(),
-            self.embedder.dimension(),
-            self.embedder.id(),
-        );
+        let mut state = match self.initial_state {
+            Some(state) => state,
+            None => ClusterState::new(
+                self.settings.cluster.clone(),
+                self.embedder.dimension(),
+                self.embedder.id(),
+            ),
+        };
         if !self.deterministic_batches {
             state = state.with_background_index_builds();
         }
@@ -148,7 +165,17 @@ impl Pipeline {
             CoordinatedDetector::new(self.settings.detect.coordinated.clone(), gate.clone());
         let cluster = {
             let metrics = self.metrics.clone();
-            let acker = self.acker.clone();
+            let completion = match self.snapshots {
+                Some(plan) => Completion::Snapshots(Snapshotter::new(
+                    plan.path,
+                    &plan.source_topic,
+                    &plan.settings,
+                    &plan.resumed,
+                    self.acker.clone(),
+                    self.metrics.clone(),
+                )),
+                None => Completion::PerEvent(self.acker.clone()),
+            };
             let partitions = self.partitions.clone();
             let outputs = ClusterOutputs {
                 assignments: self.assignments,
@@ -163,7 +190,7 @@ impl Pipeline {
                     state,
                     detector,
                     gate,
-                    acker,
+                    completion,
                     partitions,
                     outputs,
                     metrics,
@@ -543,6 +570,33 @@ impl ClusterOutputs {
     }
 }
 
+/// How a processed position is acknowledged to the source.
+enum Completion {
+    /// At once: the effect is in cluster state (memory), which is what the source may commit.
+    PerEvent(Arc<dyn OffsetAcker>),
+    /// Once a snapshot holding the effect is on disk, so a restart from that snapshot and the
+    /// committed offsets neither loses nor repeats an event.
+    Snapshots(Snapshotter),
+}
+
+impl Completion {
+    fn done(&mut self, position: SourcePosition, state: &ClusterState) {
+        match self {
+            Completion::PerEvent(acker) => acker.ack(position),
+            Completion::Snapshots(snapshotter) => {
+                snapshotter.processed(position);
+                snapshotter.maybe_snapshot(state);
+            }
+        }
+    }
+
+    fn finish(self, state: &ClusterState) {
+        if let Completion::Snapshots(snapshotter) = self {
+            snapshotter.finish(state);
+        }
+    }
+}
+
 /// Owns cluster state and the detector; runs on a blocking thread (it is CPU work).
 #[allow(clippy::too_many_arguments)]
 fn cluster_stage(
@@ -551,7 +605,7 @@ fn cluster_stage(
     mut state: ClusterState,
     mut detector: CoordinatedDetector,
     gate: PrivacyGate,
-    acker: Arc<dyn OffsetAcker>,
+    mut completion: Completion,
     partitions: Option<Arc<PartitionAssignment>>,
     mut outputs: ClusterOutputs,
     metrics: Metrics,
@@ -568,7 +622,7 @@ fn cluster_stage(
         previous = Some(embedded.work.position());
         let (meta, summary, position) = match embedded.work {
             Work::Skip { position } => {
-                acker.ack(position);
+                completion.done(position, &state);
                 continue;
             }
             Work::Summarized {
@@ -578,7 +632,7 @@ fn cluster_stage(
             } => (meta, summary, position),
         };
         let Some(vector) = embedded.vector else {
-            acker.ack(position);
+            completion.done(position, &state);
             continue;
         };
         let started = Instant::now();
@@ -593,7 +647,7 @@ fn cluster_stage(
         let touched = match assignment {
             Assignment::Duplicate => {
                 metrics.events_duplicate.inc();
-                acker.ack(position);
+                completion.done(position, &state);
                 continue;
             }
             Assignment::Founded { cluster_id } => cluster_id,
@@ -637,7 +691,7 @@ fn cluster_stage(
             })?;
         }
         // Only now is the event's effect in cluster state (and its outputs handed on).
-        acker.ack(position);
+        completion.done(position, &state);
 
         if state.maintenance_due() {
             let started = Instant::now();
@@ -653,6 +707,7 @@ fn cluster_stage(
     update_gauges(&state, &detector, &gate, &metrics);
     publish_view(outputs.view.as_deref(), &state, &gate);
     outputs.flush()?;
+    completion.finish(&state);
     Ok((state, detector))
 }
 

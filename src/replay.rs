@@ -93,6 +93,8 @@ pub async fn replay(
         embedder,
         dead_letter: Arc::new(FileDeadLetter::create(outputs.dead_letter.as_deref())?),
         acker: Arc::new(NoAck),
+        initial_state: None,
+        snapshots: None,
         partitions: None,
         assignments,
         lifecycle,

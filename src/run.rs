@@ -7,11 +7,12 @@ use tokio::sync::mpsc;
 
 use crate::alert::alertmanager::AlertmanagerSink;
 use crate::alert::sinks::{AlertSink, StdoutSink};
+use crate::cluster::{snapshot, ClusterState};
 use crate::config::{Settings, SummarizerKind};
 use crate::embed::{self, Embedder};
 use crate::export::http::Health;
 use crate::export::Metrics;
-use crate::pipeline::{AssignmentSink, Pipeline, PipelineReport};
+use crate::pipeline::{AssignmentSink, Pipeline, PipelineReport, SnapshotPlan};
 use crate::shutdown::ShutdownTrigger;
 use crate::source::kafka::{KafkaDeadLetter, KafkaSource};
 use crate::summarize::offline::OfflineSummarizer;
@@ -70,6 +71,64 @@ pub struct RunOptions {
     pub on_listen: Option<Box<dyn FnOnce(std::net::SocketAddr) + Send>>,
     /// Receives every assignment (tests use it to check exactly-once counting).
     pub assignments: Option<Box<AssignmentSink>>,
+    /// Set the snapshot aside and start from empty state (`run --reset-clusters`).
+    pub reset_clusters: bool,
+}
+
+/// The snapshot plan for `settings`, and the state and offsets to resume from, if any.
+fn resume_from_snapshot(
+    settings: &Settings,
+    embedder: &dyn Embedder,
+    reset: bool,
+) -> anyhow::Result<(Option<SnapshotPlan>, Option<ClusterState>)> {
+    if settings.snapshot.dir.is_empty() {
+        if reset {
+            tracing::warn!("--reset-clusters has no effect: snapshots are off (snapshot.dir)");
+        }
+        return Ok((None, None));
+    }
+    let path = snapshot::snapshot_path(
+        std::path::Path::new(&settings.snapshot.dir),
+        &settings.kafka.group_id,
+    );
+    if reset && path.exists() {
+        let aside = path.with_extension(format!(
+            "reset-{}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+        ));
+        std::fs::rename(&path, &aside)?;
+        tracing::warn!(moved_to = %aside.display(), "--reset-clusters: previous snapshot set aside");
+    }
+    let mut plan = SnapshotPlan {
+        path: path.clone(),
+        source_topic: settings.kafka.topic.clone(),
+        settings: settings.snapshot.clone(),
+        resumed: Default::default(),
+    };
+    let Some(body) = snapshot::load(&path)? else {
+        tracing::info!(path = %path.display(), "no snapshot; starting from empty cluster state");
+        return Ok((Some(plan), None));
+    };
+    if body.source_topic != settings.kafka.topic {
+        anyhow::bail!(
+            "snapshot {} was taken from topic {:?}, not {:?}; use --reset-clusters to discard it",
+            path.display(),
+            body.source_topic,
+            settings.kafka.topic
+        );
+    }
+    plan.resumed = body.offsets.clone();
+    let clusters = body.clusters.len();
+    let state = ClusterState::from_snapshot(
+        settings.cluster.clone(),
+        body,
+        embedder.dimension(),
+        embedder.id(),
+    )?;
+    tracing::info!(path = %path.display(), clusters, offsets = ?plan.resumed, "resuming from snapshot");
+    Ok((Some(plan), Some(state)))
 }
 
 /// Consumes the configured topic until `shutdown` fires, then drains the pipeline, commits the
@@ -103,7 +162,12 @@ pub async fn run_kafka(
         Some(e) => e,
         None => build_embedder(&settings).await?,
     };
+    let (snapshots, initial_state) =
+        resume_from_snapshot(&settings, embedder.as_ref(), options.reset_clusters)?;
     let source = KafkaSource::new(&settings.kafka, settings.limits.max_message_bytes)?;
+    if let Some(plan) = &snapshots {
+        source.resume_from(plan.resumed.clone());
+    }
     let dead_letter = Arc::new(KafkaDeadLetter::new(&settings.kafka)?);
     let mut alert_sinks = configured_alert_sinks(&settings, &metrics)?;
     alert_sinks.extend(options.extra_alert_sinks);
@@ -113,6 +177,8 @@ pub async fn run_kafka(
         embedder,
         dead_letter,
         acker: source.acker(metrics.clone()),
+        initial_state,
+        snapshots,
         partitions: Some(source.assignment()),
         assignments: options.assignments,
         lifecycle: None,

@@ -55,6 +55,19 @@ async fn run_until(
     CaptureAlerts,
     CaptureAssignments,
 ) {
+    run_until_metrics(setup, move |m| m.offsets_stored.get() >= stop_after).await
+}
+
+/// Runs the pipeline until `done` holds for its metrics, then shuts it down.
+async fn run_until_metrics(
+    setup: &Setup,
+    done: impl Fn(&Metrics) -> bool + Send + Sync + 'static,
+) -> (
+    clusterwatch::pipeline::PipelineReport,
+    Metrics,
+    CaptureAlerts,
+    CaptureAssignments,
+) {
     let metrics = Metrics::new();
     let alerts = CaptureAlerts::default();
     let assignments = CaptureAssignments::default();
@@ -64,9 +77,9 @@ async fn run_until(
         let trigger = trigger.clone();
         tokio::spawn(async move {
             wait_for(
-                "the pipeline to acknowledge the stream",
+                "the pipeline to get through the stream",
                 Duration::from_secs(400),
-                || metrics.offsets_stored.get() >= stop_after,
+                || done(&metrics),
             )
             .await;
             trigger.trigger();
@@ -310,5 +323,106 @@ async fn a_restarted_consumer_resumes_from_committed_offsets_without_double_coun
     assert_eq!(first_ids.len() + second_ids.len(), messages.len());
     assert_eq!(second.state.clustered_events(), remaining as u64);
     let (committed, end) = committed_and_end(&s.bootstrap, &s.group, &s.topic, PARTITIONS);
+    assert_eq!(committed, end);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_resumes_clusters_and_offsets_from_the_snapshot() {
+    let mut s = setup("snapshot").await;
+    let snapshots = tempfile::tempdir().unwrap();
+    s.settings.snapshot.dir = snapshots.path().display().to_string();
+    s.settings.snapshot.every_events = 200;
+    s.settings.pipeline.channel_capacity = 32;
+    let spec = TrafficSpec {
+        seed: 37,
+        organic_events: 1600,
+        campaign: None,
+        invalid_events: 0,
+        duplicate_events: 0,
+        ..Default::default()
+    };
+    let messages = traffic::generate(&spec);
+    produce(&s.bootstrap, &s.topic, &messages).await;
+    let clustered = |m: &Metrics| Metrics::counter_sum(&m.events_clustered);
+
+    let (first, _, _, first_assignments) =
+        run_until_metrics(&s, move |m| clustered(m) >= 500).await;
+    let path = clusterwatch::cluster::snapshot::snapshot_path(snapshots.path(), &s.group);
+    let body = clusterwatch::cluster::snapshot::load(&path)
+        .expect("snapshot readable")
+        .expect("snapshot written at shutdown");
+    let in_snapshot: i64 = body.offsets.values().sum();
+    let first_count = first_assignments.0.lock().unwrap().len();
+    assert_eq!(body.clustered_events, first.state.clustered_events());
+    assert_eq!(
+        in_snapshot as usize, first_count,
+        "snapshot offsets = events in it"
+    );
+    let (committed, end) = committed_and_end(&s.bootstrap, &s.group, &s.topic, PARTITIONS);
+    assert_eq!(
+        committed, in_snapshot,
+        "offsets are committed only up to the snapshot"
+    );
+    assert!(
+        committed < end,
+        "the first run stopped early ({committed} of {end})"
+    );
+    let first_clusters: BTreeSet<u64> = first.state.clusters().map(|c| c.id).collect();
+
+    // A new consumer group has no committed offsets: it would read from the start. Given the
+    // snapshot, it must skip everything the snapshot holds and count only the rest.
+    s.settings.kafka.group_id = unique("snapshot-group-2");
+    std::fs::copy(
+        &path,
+        clusterwatch::cluster::snapshot::snapshot_path(
+            snapshots.path(),
+            &s.settings.kafka.group_id,
+        ),
+    )
+    .unwrap();
+    let remaining = messages.len() - first_count;
+    let (second, _, _, second_assignments) =
+        run_until_metrics(&s, move |m| clustered(m) >= remaining as u64).await;
+    let first_ids: BTreeSet<String> = first_assignments
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|a| a.conversation_id.clone())
+        .collect();
+    let second_ids: BTreeSet<String> = second_assignments
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|a| a.conversation_id.clone())
+        .collect();
+    assert!(
+        first_ids.is_disjoint(&second_ids),
+        "an event was counted twice"
+    );
+    assert_eq!(first_ids.len() + second_ids.len(), messages.len());
+    assert_eq!(second.state.clustered_events(), messages.len() as u64);
+    let total: u64 = second.state.clusters().map(|c| c.count).sum();
+    assert_eq!(
+        total,
+        messages.len() as u64,
+        "cluster counts hold every event once"
+    );
+    let kept = first_clusters
+        .iter()
+        .filter(|id| second.state.cluster(**id).is_some())
+        .count();
+    assert!(
+        kept * 10 >= first_clusters.len() * 9,
+        "cluster ids survive the restart: {kept} of {}",
+        first_clusters.len()
+    );
+    let (committed, end) = committed_and_end(
+        &s.bootstrap,
+        &s.settings.kafka.group_id,
+        &s.topic,
+        PARTITIONS,
+    );
     assert_eq!(committed, end);
 }

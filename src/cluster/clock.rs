@@ -22,7 +22,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct EventClock {
     latest_by_partition: BTreeMap<i32, i64>,
     /// `Some` once the source has said which partitions this instance owns.
@@ -62,6 +62,14 @@ impl EventClock {
     }
 
     /// The partitions this instance now owns; others stop holding the clock back.
+    /// The clock as restored from a snapshot: times are kept, but which partitions this process
+    /// owns, and which of them are idle, is learned afresh from the source.
+    pub fn restored(mut self) -> Self {
+        self.owned = None;
+        self.idle.clear();
+        self
+    }
+
     pub fn set_owned(&mut self, owned: BTreeSet<i32>) {
         self.latest_by_partition.retain(|p, _| owned.contains(p));
         self.idle.retain(|p| owned.contains(p));

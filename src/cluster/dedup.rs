@@ -10,7 +10,7 @@ use std::collections::{HashSet, VecDeque};
 
 const BUCKET_MS: i64 = 3_600_000;
 
-#[derive(Debug)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct SeenConversations {
     retention_ms: i64,
     /// (bucket start, keys first seen in that bucket), oldest first.

@@ -120,7 +120,7 @@ pub fn agglomerate(items: &[LevelItem<'_>], threshold: f32, rounds: usize) -> Gr
 /// Topic ids that survive rebuilds: each rebuild's groups inherit the id of the previous topic
 /// they share the most weight with (each old id goes to at most one new group, best overlap
 /// first); unmatched groups get fresh ids. Engineers can then follow "topic 17" across rebuilds.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct TopicTracker {
     topic_of: BTreeMap<ClusterId, u64>,
     next_id: u64,

@@ -217,7 +217,7 @@ impl MicroCluster {
     /// Decayed weight at event time `at_ms`: about how many members it would take to rebuild the
     /// cluster's pull now. The state archives clusters whose weight falls below a floor.
     pub fn weight_at(&self, at_ms: i64, half_life_ms: i64) -> f64 {
-        self.weight * decay_factor(at_ms - self.decayed_at_ms, half_life_ms)
+        self.weight * decay_factor(at_ms.saturating_sub(self.decayed_at_ms), half_life_ms)
     }
 
     /// Mean similarity of (recent, by decay) members to the centroid when they joined, in

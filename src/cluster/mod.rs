@@ -13,6 +13,8 @@ pub mod label;
 pub mod lifecycle;
 pub mod micro;
 pub mod partitions;
+pub mod snapshot;
+pub mod snapshotter;
 pub mod state;
 pub mod template;
 

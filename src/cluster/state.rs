@@ -115,6 +115,61 @@ impl ClusterState {
         }
     }
 
+    /// The state as a snapshot body reflecting source `offsets` (next offset per partition).
+    pub fn to_snapshot(
+        &self,
+        source_topic: &str,
+        offsets: std::collections::BTreeMap<i32, i64>,
+    ) -> super::snapshot::SnapshotBody {
+        super::snapshot::SnapshotBody {
+            embedder_id: self.embedder_id.clone(),
+            dimension: self.dimension,
+            next_id: self.next_id,
+            clustered_events: self.clustered_events,
+            clusters: self.clusters.values().cloned().collect(),
+            seen: self.seen.clone(),
+            clock: self.clock.clone(),
+            topics: self.topics.clone(),
+            lifecycle_totals: self.lifecycle_totals,
+            moved: self.moved.iter().copied().collect(),
+            source_topic: source_topic.to_string(),
+            offsets,
+        }
+    }
+
+    /// Continues from a snapshot. Refuses one taken with another embedder or dimension: mixing
+    /// vector spaces would silently corrupt every centroid.
+    pub fn from_snapshot(
+        settings: ClusterSettings,
+        body: super::snapshot::SnapshotBody,
+        dimension: usize,
+        embedder_id: &str,
+    ) -> anyhow::Result<Self> {
+        if body.embedder_id != embedder_id || body.dimension != dimension {
+            anyhow::bail!(
+                "the snapshot was taken with embedder {} ({} dimensions) but this process embeds \
+                 with {} ({} dimensions); start with --reset-clusters to discard the old state",
+                body.embedder_id,
+                body.dimension,
+                embedder_id,
+                dimension
+            );
+        }
+        let mut state = ClusterState::new(settings, dimension, embedder_id);
+        for cluster in body.clusters {
+            state.index.upsert(cluster.id, &cluster.centroid);
+            state.clusters.insert(cluster.id, cluster);
+        }
+        state.next_id = body.next_id;
+        state.clustered_events = body.clustered_events;
+        state.seen = body.seen;
+        state.clock = body.clock.restored();
+        state.topics = body.topics;
+        state.lifecycle_totals = body.lifecycle_totals;
+        state.moved = body.moved.into_iter().collect();
+        Ok(state)
+    }
+
     fn half_life_ms(&self) -> i64 {
         self.settings.decay_half_life_secs.saturating_mul(1000)
     }
@@ -147,6 +202,9 @@ impl ClusterState {
     /// reproduces its clusters exactly. Call before the first event.
     pub fn with_background_index_builds(mut self) -> Self {
         self.index = new_index(&self.settings, self.dimension, false);
+        for cluster in self.clusters.values() {
+            self.index.upsert(cluster.id, &cluster.centroid);
+        }
         self
     }
 
@@ -253,6 +311,10 @@ impl ClusterState {
             return;
         }
         let now = self.clock.now_ms();
+        if now == i64::MIN {
+            // The clock has not started (a partition has not reported yet): nothing has aged.
+            return;
+        }
         let floor = self.settings.archive_weight;
         let faded: Vec<ClusterId> = self
             .clusters
@@ -621,5 +683,56 @@ pub(crate) mod tests {
             .assign(0, &meta("c-next", "z", 100), &summary("b"), &mid_b)
             .unwrap();
         assert_eq!(next.cluster_id(), Some(1));
+    }
+
+    #[test]
+    fn a_state_restored_from_a_snapshot_continues_exactly_like_the_original() {
+        let e = HashingEmbedder::new(64);
+        let settings = ClusterSettings {
+            maintenance_every_events: 7,
+            ..ClusterSettings::default()
+        };
+        let texts: Vec<String> = (0..120)
+            .map(|i| format!("request about topic {} variant {}", i % 9, i % 4))
+            .collect();
+        let vectors = e.embed_batch(&texts).unwrap();
+        let feed = |s: &mut ClusterState, range: std::ops::Range<usize>| -> Vec<Option<u64>> {
+            range
+                .map(|i| {
+                    let a = s
+                        .assign(
+                            (i % 3) as i32,
+                            &meta(&format!("c{i}"), &format!("a{}", i % 17), i as i64 * 60_000),
+                            &summary(&texts[i]),
+                            &vectors[i],
+                        )
+                        .unwrap();
+                    if s.maintenance_due() {
+                        s.maintain();
+                    }
+                    a.cluster_id()
+                })
+                .collect()
+        };
+        let mut original = ClusterState::new(settings.clone(), 64, e.id());
+        feed(&mut original, 0..60);
+        let offsets = std::collections::BTreeMap::from([(0, 20), (1, 20), (2, 20)]);
+        let bytes = crate::cluster::snapshot::encode(&original.to_snapshot("t", offsets));
+        let body = crate::cluster::snapshot::decode(&bytes, std::path::Path::new("s")).unwrap();
+        let mut restored = ClusterState::from_snapshot(settings.clone(), body, 64, e.id()).unwrap();
+        assert_eq!(feed(&mut original, 60..120), feed(&mut restored, 60..120));
+        let ids = |s: &ClusterState| s.clusters().map(|c| (c.id, c.count)).collect::<Vec<_>>();
+        assert_eq!(ids(&original), ids(&restored));
+        // Redelivered conversations are still recognised after the restore.
+        assert_eq!(
+            feed(&mut restored, 0..5),
+            vec![None; 5],
+            "duplicates after restore"
+        );
+        let body = original.to_snapshot("t", Default::default());
+        let err = ClusterState::from_snapshot(settings, body, 64, "another-embedder")
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("--reset-clusters"), "{err}");
     }
 }

@@ -30,6 +30,7 @@ pub const STAGES: &[&str] = &[
     "cluster",
     "detect",
     "dead_letter",
+    "snapshot",
 ];
 
 #[derive(Clone)]
@@ -55,6 +56,9 @@ pub struct Metrics {
     pub open_alerts: IntGaugeVec,
     pub labels_refused: IntCounter,
     pub event_time_watermark: prometheus::Gauge,
+    /// Unix time of the last durable snapshot (0 before the first).
+    pub snapshot_last_success: prometheus::Gauge,
+    pub snapshot_bytes: IntGauge,
     pub offsets_stored: IntCounter,
     pub offset_store_failures: IntCounter,
 }
@@ -176,6 +180,14 @@ impl Metrics {
             labels_refused: reg!(IntCounter::new(
                 "clusterwatch_labels_refused_total",
                 "Cluster labels the privacy auditor refused and replaced with a generic label."
+            )),
+            snapshot_last_success: reg!(prometheus::Gauge::new(
+                "clusterwatch_snapshot_last_success_timestamp_seconds",
+                "Unix time of the last snapshot written to disk (0 before the first)."
+            )),
+            snapshot_bytes: reg!(IntGauge::new(
+                "clusterwatch_snapshot_size_bytes",
+                "Size of the last snapshot written."
             )),
             event_time_watermark: reg!(prometheus::Gauge::new(
                 "clusterwatch_event_time_watermark_seconds",

@@ -83,6 +83,9 @@ pub struct KafkaSource {
     topic: String,
     max_message_bytes: usize,
     assignment: Arc<PartitionAssignment>,
+    /// Per partition, the first offset not yet in the loaded snapshot: anything below it is
+    /// already in cluster state and is skipped (after one seek past it).
+    resume: std::sync::Mutex<BTreeMap<i32, i64>>,
 }
 
 impl KafkaSource {
@@ -123,7 +126,45 @@ impl KafkaSource {
             topic: settings.topic.clone(),
             max_message_bytes,
             assignment,
+            resume: Default::default(),
         })
+    }
+
+    /// Resume each partition at `offsets` (next to read, from the loaded snapshot) instead of
+    /// the committed offset, which may be older: offsets are committed only after a snapshot is
+    /// written, and the commit can lag it.
+    pub fn resume_from(&self, offsets: BTreeMap<i32, i64>) {
+        *self.resume.lock().unwrap_or_else(|p| p.into_inner()) = offsets;
+    }
+
+    /// Whether a message at `offset` of `partition` is already in the loaded snapshot. The first
+    /// such message of a partition triggers a seek to the snapshot's offset, so the rest of the
+    /// gap is not even fetched.
+    fn already_in_snapshot(&self, partition: i32, offset: i64) -> bool {
+        let mut resume = self.resume.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(&next) = resume.get(&partition) else {
+            return false;
+        };
+        if offset >= next {
+            // Past the snapshot: nothing more to skip on this partition.
+            resume.remove(&partition);
+            return false;
+        }
+        tracing::info!(
+            partition,
+            from = offset,
+            to = next,
+            "skipping messages already in the snapshot"
+        );
+        if let Err(e) = self.consumer.seek(
+            &self.topic,
+            partition,
+            rdkafka::Offset::Offset(next),
+            Duration::from_secs(1),
+        ) {
+            tracing::debug!(partition, error = %e, "seek failed; skipping message by message");
+        }
+        true
     }
 
     /// The acknowledger that stores offsets on this consumer.
@@ -152,8 +193,10 @@ impl KafkaSource {
         metrics: Metrics,
     ) -> anyhow::Result<()> {
         let mut consecutive_errors = 0u32;
-        // Last offset read per partition, for the read-to-end reports the event clock needs.
+        // Last offset read, and last offset handed to the pipeline, per partition: the read-to-end
+        // reports the event clock needs.
         let mut read: BTreeMap<i32, i64> = BTreeMap::new();
+        let mut forwarded: BTreeMap<i32, i64> = BTreeMap::new();
         let mut end_check = tokio::time::interval(READ_TO_END_CHECK);
         end_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -161,7 +204,7 @@ impl KafkaSource {
                 biased;
                 _ = shutdown.recv() => return Ok(()),
                 _ = end_check.tick() => {
-                    self.report_partitions_read_to_end(&read).await;
+                    self.report_partitions_read_to_end(&read, &forwarded).await;
                     continue;
                 }
                 m = self.consumer.recv() => m,
@@ -183,6 +226,10 @@ impl KafkaSource {
             };
             consecutive_errors = 0;
             read.insert(message.partition(), message.offset());
+            if self.already_in_snapshot(message.partition(), message.offset()) {
+                continue;
+            }
+            forwarded.insert(message.partition(), message.offset());
             metrics.events_consumed.inc();
             let payload = message.payload().unwrap_or_default();
             let raw = RawMessage {
@@ -213,7 +260,11 @@ impl KafkaSource {
 
     /// Reports each owned partition whose high watermark is at or below what was read (or
     /// committed, for a partition not read since this instance got it).
-    async fn report_partitions_read_to_end(&self, read: &BTreeMap<i32, i64>) {
+    async fn report_partitions_read_to_end(
+        &self,
+        read: &BTreeMap<i32, i64>,
+        forwarded: &BTreeMap<i32, i64>,
+    ) {
         let consumer = self.consumer.clone();
         let topic = self.topic.clone();
         let owned = self.assignment.owned();
@@ -221,6 +272,7 @@ impl KafkaSource {
             return;
         }
         let read = read.clone();
+        let forwarded = forwarded.clone();
         let check = move || -> KafkaResult<Vec<(i32, i64)>> {
             // Only partitions this instance has not read from need the committed offsets.
             let committed = if owned.iter().all(|p| read.contains_key(p)) {
@@ -246,7 +298,9 @@ impl KafkaSource {
                     (None, None) => low,
                 };
                 if next_to_read >= high {
-                    at_end.push((partition, last_read.unwrap_or(-1)));
+                    // The cluster stage must have processed what was handed to it; skipped
+                    // messages never reach it.
+                    at_end.push((partition, forwarded.get(&partition).copied().unwrap_or(-1)));
                 }
             }
             Ok(at_end)
