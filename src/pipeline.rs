@@ -166,14 +166,14 @@ impl Pipeline {
         let cluster = {
             let metrics = self.metrics.clone();
             let completion = match self.snapshots {
-                Some(plan) => Completion::Snapshots(Snapshotter::new(
+                Some(plan) => Completion::Snapshots(Box::new(Snapshotter::new(
                     plan.path,
                     &plan.source_topic,
                     &plan.settings,
                     &plan.resumed,
                     self.acker.clone(),
                     self.metrics.clone(),
-                )),
+                ))),
                 None => Completion::PerEvent(self.acker.clone()),
             };
             let partitions = self.partitions.clone();
@@ -576,7 +576,7 @@ enum Completion {
     PerEvent(Arc<dyn OffsetAcker>),
     /// Once a snapshot holding the effect is on disk, so a restart from that snapshot and the
     /// committed offsets neither loses nor repeats an event.
-    Snapshots(Snapshotter),
+    Snapshots(Box<Snapshotter>),
 }
 
 impl Completion {
