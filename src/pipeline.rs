@@ -63,6 +63,8 @@ pub struct AssignmentRecord {
     /// The topic (second hierarchy level) of the cluster as of the last topic rebuild; null
     /// before the first rebuild and for clusters born since.
     pub topic_id: Option<u64>,
+    /// The domain (third level) of that topic, as of the same rebuild.
+    pub domain_id: Option<u64>,
 }
 
 /// Receives records in order (assignments, lifecycle events); called from the cluster stage's
@@ -679,15 +681,17 @@ fn cluster_stage(
 
         if state.topics_due() {
             let started = Instant::now();
-            state.rebuild_topics();
-            metrics.observe_stage("topics", started.elapsed().as_secs_f64());
+            state.rebuild_hierarchy();
+            metrics.observe_stage("hierarchy", started.elapsed().as_secs_f64());
             metrics.topics.set(state.topic_count() as i64);
+            metrics.domains.set(state.domain_count() as i64);
         }
         if let Some(sink) = outputs.assignments.as_mut() {
             sink.write(&AssignmentRecord {
                 conversation_id: meta.conversation_id.clone(),
                 cluster_id: touched,
                 topic_id: state.topic_of(touched),
+                domain_id: state.domain_of(touched),
             })?;
         }
         // Only now is the event's effect in cluster state (and its outputs handed on).

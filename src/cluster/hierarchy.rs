@@ -182,7 +182,8 @@ impl TopicTracker {
     }
 }
 
-fn unit(sum: &[f64]) -> Vec<f32> {
+/// `sum` normalised to unit length, as `f32`.
+pub(crate) fn unit(sum: &[f64]) -> Vec<f32> {
     let norm = sum
         .iter()
         .map(|x| x * x)

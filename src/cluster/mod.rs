@@ -5,11 +5,11 @@
 //! detectors read, and the de-duplication set that makes redelivery harmless.
 
 pub mod clock;
+pub mod ctfidf;
 pub mod dedup;
 pub mod distinct;
 pub mod hierarchy;
 pub mod index;
-pub mod label;
 pub mod lifecycle;
 pub mod micro;
 pub mod partitions;

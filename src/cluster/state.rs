@@ -11,6 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::clock::EventClock;
+use super::ctfidf::{ClassTerms, TermWeights};
 use super::dedup::SeenConversations;
 use super::hierarchy::{LevelItem, TopicTracker};
 use super::index::{CentroidIndex, ExactScanIndex, HnswIndex};
@@ -65,6 +66,12 @@ pub struct ClusterState {
     clock: EventClock,
     clustered_events: u64,
     topics: TopicTracker,
+    /// Groups of topics, with ids tracked across rebuilds like topics.
+    domains: TopicTracker,
+    /// c-TF-IDF weights fitted at the last hierarchy rebuild, and the labels they gave.
+    term_weights: TermWeights,
+    topic_labels: BTreeMap<u64, String>,
+    domain_labels: BTreeMap<u64, String>,
     /// Lifecycle events not yet taken by [`ClusterState::drain_lifecycle`] (bounded: the cluster
     /// stage drains them at every maintenance point).
     lifecycle: Vec<LifecycleEvent>,
@@ -109,6 +116,10 @@ impl ClusterState {
             clock: EventClock::default(),
             clustered_events: 0,
             topics: TopicTracker::default(),
+            domains: TopicTracker::default(),
+            term_weights: TermWeights::default(),
+            topic_labels: BTreeMap::new(),
+            domain_labels: BTreeMap::new(),
             lifecycle: Vec::new(),
             lifecycle_totals: [0; 3],
             moved: BTreeSet::new(),
@@ -130,6 +141,10 @@ impl ClusterState {
             seen: self.seen.clone(),
             clock: self.clock.clone(),
             topics: self.topics.clone(),
+            domains: self.domains.clone(),
+            term_weights: self.term_weights.clone(),
+            topic_labels: self.topic_labels.clone(),
+            domain_labels: self.domain_labels.clone(),
             lifecycle_totals: self.lifecycle_totals,
             moved: self.moved.iter().copied().collect(),
             source_topic: source_topic.to_string(),
@@ -165,6 +180,10 @@ impl ClusterState {
         state.seen = body.seen;
         state.clock = body.clock.restored();
         state.topics = body.topics;
+        state.domains = body.domains;
+        state.term_weights = body.term_weights;
+        state.topic_labels = body.topic_labels;
+        state.domain_labels = body.domain_labels;
         state.lifecycle_totals = body.lifecycle_totals;
         state.moved = body.moved.into_iter().collect();
         Ok(state)
@@ -418,12 +437,92 @@ impl ClusterState {
         self.clock.set_owned(owned);
     }
 
-    /// Regroups the live micro-clusters into topics, carrying topic ids over.
-    pub fn rebuild_topics(&mut self) {
+    /// Rebuilds the levels above micro-clusters: topics (groups of micro-clusters) and domains
+    /// (groups of topics), each carrying its ids over from the previous rebuild, then refits the
+    /// c-TF-IDF term weights over the topics and labels every topic and domain.
+    pub fn rebuild_hierarchy(&mut self) {
+        let h = self.settings.hierarchy.clone();
         let items = micro_level(self.clusters.values());
-        let h = &self.settings.hierarchy;
         self.topics
             .rebuild(&items, h.topic_threshold, h.refine_rounds);
+
+        // Topic centroids: the conversation-weighted mean of their micro-clusters' centroids.
+        let mut topic_sums: BTreeMap<u64, (Vec<f64>, f64)> = BTreeMap::new();
+        let mut topic_terms: BTreeMap<u64, ClassTerms> = BTreeMap::new();
+        for c in self.clusters.values() {
+            let Some(topic) = self.topics.topic_of(c.id) else {
+                continue;
+            };
+            let (sum, weight) = topic_sums
+                .entry(topic)
+                .or_insert_with(|| (vec![0.0; self.dimension], 0.0));
+            for (s, x) in sum.iter_mut().zip(&c.centroid) {
+                *s += c.count as f64 * f64::from(*x);
+            }
+            *weight += c.count as f64;
+            let terms = topic_terms.entry(topic).or_default();
+            c.reservoir.items().iter().for_each(|item| terms.add(item));
+        }
+        let topic_centroids: Vec<(u64, Vec<f32>, f64)> = topic_sums
+            .into_iter()
+            .map(|(id, (sum, weight))| (id, super::hierarchy::unit(&sum), weight))
+            .collect();
+        let topic_items: Vec<LevelItem<'_>> = topic_centroids
+            .iter()
+            .map(|(id, centroid, weight)| LevelItem {
+                id: *id,
+                centroid,
+                weight: *weight,
+            })
+            .collect();
+        self.domains
+            .rebuild(&topic_items, h.domain_threshold, h.refine_rounds);
+
+        let classes: Vec<ClassTerms> = std::mem::take(&mut topic_terms).into_values().collect();
+        self.term_weights = TermWeights::fit(&classes);
+        let topic_ids: Vec<u64> = topic_centroids.iter().map(|(id, _, _)| *id).collect();
+        self.topic_labels = topic_ids
+            .iter()
+            .zip(&classes)
+            .map(|(id, class)| (*id, self.term_weights.label(class)))
+            .collect();
+        let mut domain_terms: BTreeMap<u64, ClassTerms> = BTreeMap::new();
+        for c in self.clusters.values() {
+            if let Some(domain) = self.domain_of(c.id) {
+                let terms = domain_terms.entry(domain).or_default();
+                c.reservoir.items().iter().for_each(|item| terms.add(item));
+            }
+        }
+        self.domain_labels = domain_terms
+            .iter()
+            .map(|(id, class)| (*id, self.term_weights.label(class)))
+            .collect();
+    }
+
+    /// The domain (third level) of micro-cluster `id` as of the last rebuild.
+    pub fn domain_of(&self, id: ClusterId) -> Option<u64> {
+        self.domains.topic_of(self.topics.topic_of(id)?)
+    }
+
+    pub fn domain_count(&self) -> usize {
+        self.domains.topics()
+    }
+
+    /// The c-TF-IDF label of a micro-cluster (from its current sample, with the term weights of
+    /// the last rebuild). Only a candidate: the privacy auditor decides whether it is shown.
+    pub fn label_of(&self, cluster: &MicroCluster) -> String {
+        self.term_weights
+            .label(&ClassTerms::of(cluster.reservoir.items()))
+    }
+
+    /// The label of topic `topic` as of the last rebuild (a candidate, as [`Self::label_of`]).
+    pub fn topic_label(&self, topic: u64) -> Option<&str> {
+        self.topic_labels.get(&topic).map(String::as_str)
+    }
+
+    /// The label of domain `domain` as of the last rebuild.
+    pub fn domain_label(&self, domain: u64) -> Option<&str> {
+        self.domain_labels.get(&domain).map(String::as_str)
     }
 
     /// Whether `clustered_events` has reached the next topic rebuild point.
@@ -578,18 +677,22 @@ pub(crate) mod tests {
         s.assign(0, &meta("c3", "a3", 3), &summary("x"), &near_a)
             .unwrap();
         assert!(s.topics_due());
-        s.rebuild_topics();
+        s.rebuild_hierarchy();
         let (ta, tb, tc) = (s.topic_of(1), s.topic_of(2), s.topic_of(3));
         assert!(ta.is_some() && tb.is_some());
         assert_eq!(ta, tc, "near micro-clusters share a topic");
         assert_ne!(ta, tb);
-        s.rebuild_topics();
+        s.rebuild_hierarchy();
         assert_eq!(
             (s.topic_of(1), s.topic_of(2)),
             (ta, tb),
             "ids survive a rebuild"
         );
         assert_eq!(s.topic_count(), 2);
+        // The third level groups topics; every clustered micro-cluster has a domain.
+        assert!(s.domain_of(1).is_some() && s.domain_of(2).is_some());
+        assert!((1..=2).contains(&s.domain_count()));
+        assert!(s.topic_label(ta.unwrap()).is_some());
     }
 
     fn unit2(x: f32, y: f32) -> Vec<f32> {

@@ -19,7 +19,7 @@ use super::robust::RobustStats;
 use crate::alert::{
     format_event_time, round4, AlertKind, AlertRecord, AlertStatus, CoordinatedStats, Severity,
 };
-use crate::cluster::{label, ClusterId, ClusterState};
+use crate::cluster::{ClusterId, ClusterState};
 use crate::config::CoordinatedSettings;
 use crate::privacy::{shown_label, LabelVerdict, PrivacyGate};
 
@@ -202,7 +202,7 @@ impl CoordinatedDetector {
         let stats = evaluation.map(|e| e.stats).unwrap_or_else(empty_stats);
         let label = match state.cluster(id) {
             Some(c) => {
-                let (label, verdict) = shown_label(&label::keyword_label(&c.reservoir));
+                let (label, verdict) = shown_label(&state.label_of(c));
                 if verdict != LabelVerdict::Pass {
                     self.labels_refused += 1;
                 }

@@ -17,8 +17,9 @@ use rand::SeedableRng;
 
 use super::kmeans::kmeans;
 use super::metrics::{score, ClusteringScores};
-use crate::cluster::hierarchy::{agglomerate, LevelItem};
+use crate::cluster::hierarchy::agglomerate;
 use crate::cluster::index::{CentroidIndex, ExactScanIndex, HnswIndex};
+use crate::cluster::lifecycle::LifecycleKind;
 use crate::cluster::{Assignment, ClusterState};
 use crate::config::Settings;
 use crate::event::EventMeta;
@@ -100,6 +101,7 @@ pub fn run(args: &ClusteringEvalArgs) -> anyhow::Result<()> {
 
     let mut state = ClusterState::new(settings.cluster.clone(), dimension, embedder.id());
     let mut micro = vec![0u64; texts.len()];
+    let mut merged_into: HashMap<u64, u64> = HashMap::new();
     let summary = Summary {
         request: String::new(),
         task: "other".into(),
@@ -125,44 +127,47 @@ pub fn run(args: &ClusteringEvalArgs) -> anyhow::Result<()> {
             }
             Assignment::Duplicate => anyhow::bail!("eval conversation keys are unique"),
         };
+        // Maintenance as the pipeline runs it: merges of converged clusters (and archiving,
+        // which the eval's hour of event time never triggers).
+        if state.maintenance_due() {
+            for event in state.maintain() {
+                if let (LifecycleKind::Merged, Some(into)) = (event.event, event.into) {
+                    merged_into.insert(event.cluster_id, into);
+                }
+            }
+        }
     }
     let online_seconds = started.elapsed().as_secs_f64();
+    for event in state.maintain() {
+        if let (LifecycleKind::Merged, Some(into)) = (event.event, event.into) {
+            merged_into.insert(event.cluster_id, into);
+        }
+    }
+    // Each text's cluster is where its first cluster ended up after merges.
+    for id in micro.iter_mut() {
+        while let Some(next) = merged_into.get(id) {
+            *id = *next;
+        }
+    }
+    let merges = merged_into.len();
 
-    // Topic and domain levels over the final micro-clusters.
+    // Topic and domain levels, built by the state as the pipeline builds them.
     let hierarchy = &settings.cluster.hierarchy;
+    state.rebuild_hierarchy();
     let micro_items = crate::cluster::state::micro_level(state.clusters());
-    let topics = agglomerate(
-        &micro_items,
-        hierarchy.topic_threshold,
-        hierarchy.refine_rounds,
-    );
-    let topic_items: Vec<LevelItem<'_>> = topics
-        .centroids
-        .iter()
-        .zip(&topics.weights)
-        .enumerate()
-        .map(|(g, (c, w))| LevelItem {
-            id: g as u64,
-            centroid: c,
-            weight: *w,
-        })
-        .collect();
-    let domain_groups = agglomerate(
-        &topic_items,
-        hierarchy.domain_threshold,
-        hierarchy.refine_rounds,
-    );
+    let level = |f: &dyn Fn(u64) -> Option<u64>| -> anyhow::Result<Vec<u32>> {
+        micro
+            .iter()
+            .map(|id| {
+                f(*id)
+                    .map(|g| g as u32)
+                    .ok_or_else(|| anyhow::anyhow!("cluster {id} has no group after the rebuild"))
+            })
+            .collect()
+    };
     let micro_labels: Vec<u32> = micro.iter().map(|&id| id as u32).collect();
-    let topic_labels: Vec<u32> = micro.iter().map(|id| topics.group_of[id]).collect();
-    let domain_of_topic: HashMap<u64, u32> = domain_groups
-        .group_of
-        .iter()
-        .map(|(t, d)| (*t, *d))
-        .collect();
-    let domain_level: Vec<u32> = topic_labels
-        .iter()
-        .map(|t| domain_of_topic[&u64::from(*t)])
-        .collect();
+    let topic_labels = level(&|id| state.topic_of(id))?;
+    let domain_level = level(&|id| state.domain_of(id))?;
 
     let started = Instant::now();
     let batch = kmeans(&vectors, dimension, label_ids.len(), args.seed, 3, 100)?;
@@ -180,8 +185,9 @@ pub fn run(args: &ClusteringEvalArgs) -> anyhow::Result<()> {
         embedder.id()
     );
     println!(
-        "join threshold {}, topic threshold {}, domain threshold {}; online pass {:.2} s, k-means {:.2} s",
+        "join threshold {}, merge threshold {} ({merges} merges), topic threshold {}, domain threshold {}; online pass {:.2} s, k-means {:.2} s",
         settings.cluster.join_threshold,
+        settings.cluster.merge_threshold,
         hierarchy.topic_threshold,
         hierarchy.domain_threshold,
         online_seconds,

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::alert::{format_event_time, round4};
-use crate::cluster::{label, ClusterId, ClusterState};
+use crate::cluster::{ClusterId, ClusterState};
 use crate::privacy::{shown_label, PrivacyGate};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -33,6 +33,12 @@ pub struct Totals {
 pub struct ClusterRow {
     pub cluster_id: ClusterId,
     pub label: String,
+    /// The cluster's topic and domain as of the last hierarchy rebuild, with their audited
+    /// c-TF-IDF labels (null before the first rebuild).
+    pub topic_id: Option<u64>,
+    pub topic_label: Option<String>,
+    pub domain_id: Option<u64>,
+    pub domain_label: Option<String>,
     pub conversations: u64,
     pub accounts: usize,
     pub orgs: usize,
@@ -58,10 +64,17 @@ impl ClusterTable {
                 hidden_conversations += c.count;
                 continue;
             }
-            let (label, _) = shown_label(&label::keyword_label(&c.reservoir));
+            let (label, _) = shown_label(&state.label_of(c));
+            let topic_id = state.topic_of(c.id);
+            let domain_id = state.domain_of(c.id);
+            let audited = |l: Option<&str>| l.map(|l| shown_label(l).0);
             rows.push(ClusterRow {
                 cluster_id: c.id,
                 label,
+                topic_id,
+                topic_label: audited(topic_id.and_then(|t| state.topic_label(t))),
+                domain_id,
+                domain_label: audited(domain_id.and_then(|d| state.domain_label(d))),
                 conversations: c.count,
                 accounts: c.accounts.count(),
                 orgs: c.orgs.count(),

@@ -52,6 +52,7 @@ pub struct Metrics {
     pub cluster_lifecycle: IntCounterVec,
     pub live_clusters: IntGauge,
     pub topics: IntGauge,
+    pub domains: IntGauge,
     pub visible_clusters: IntGauge,
     pub open_alerts: IntGaugeVec,
     pub labels_refused: IntCounter,
@@ -165,6 +166,10 @@ impl Metrics {
             topics: reg!(IntGauge::new(
                 "clusterwatch_topics",
                 "Topics (groups of micro-clusters) at the last topic rebuild."
+            )),
+            domains: reg!(IntGauge::new(
+                "clusterwatch_domains",
+                "Domains (groups of topics) at the last hierarchy rebuild."
             )),
             visible_clusters: reg!(IntGauge::new(
                 "clusterwatch_visible_clusters",
