@@ -31,6 +31,9 @@ use crate::source::{
 };
 use crate::summarize::{Summarizer, Summary};
 
+/// At most this many waiting events share one pass over the centroid index.
+const PREFETCH_BATCH: usize = 64;
+
 /// One message on its way through the stages.
 enum Work {
     /// Rejected and dead-lettered: only its position remains, to be acknowledged in order.
@@ -615,7 +618,33 @@ fn cluster_stage(
     let mut labels_refused_seen = 0u64;
     let mut partitions = partitions.map(PartitionFeed::new);
     let mut previous: Option<SourcePosition> = None;
-    while let Some(embedded) = input.blocking_recv() {
+    // Events already waiting are taken together, so the index can find their nearest
+    // centroids in one pass (see `ClusterState::prefetch`); they are still applied one by one.
+    let mut waiting: std::collections::VecDeque<Embedded> = Default::default();
+    loop {
+        if waiting.is_empty() {
+            let Some(first) = input.blocking_recv() else {
+                break;
+            };
+            waiting.push_back(first);
+            while waiting.len() < PREFETCH_BATCH {
+                match input.try_recv() {
+                    Ok(next) => waiting.push_back(next),
+                    Err(_) => break,
+                }
+            }
+            let vectors: Vec<&[f32]> = waiting
+                .iter()
+                .filter_map(|e| match (&e.work, &e.vector) {
+                    (Work::Summarized { .. }, Some(v)) => Some(v.as_slice()),
+                    _ => None,
+                })
+                .collect();
+            state.prefetch(&vectors);
+        }
+        let Some(embedded) = waiting.pop_front() else {
+            break;
+        };
         if let Some(feed) = partitions.as_mut() {
             // Every path below either finishes the event or ends the stage, so the previous
             // event is behind the stage by now.

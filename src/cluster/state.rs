@@ -14,7 +14,7 @@ use super::clock::EventClock;
 use super::ctfidf::{ClassTerms, TermWeights};
 use super::dedup::SeenConversations;
 use super::hierarchy::{LevelItem, TopicTracker};
-use super::index::{CentroidIndex, ExactScanIndex, HnswIndex};
+use super::index::{better_of, dot, CentroidIndex, ExactScanIndex, HnswIndex};
 use super::lifecycle::{LifecycleEvent, LifecycleKind};
 use super::micro::MicroCluster;
 use super::ClusterId;
@@ -79,6 +79,51 @@ pub struct ClusterState {
     lifecycle_totals: [u64; 3],
     /// Clusters whose centroid moved since the last merge check.
     moved: BTreeSet<ClusterId>,
+    prefetch: Prefetch,
+}
+
+/// Candidates per event to prefetch: the best unchanged one among them is exact unless all of
+/// them changed meanwhile (then the event falls back to a full query).
+const PREFETCH_K: usize = 4;
+
+/// Nearest-centroid candidates computed in one batched pass for events waiting in the cluster
+/// stage's queue ([`ClusterState::prefetch`]), and the clusters changed since that pass.
+///
+/// Exactness: an event's true nearest centroid is either one that changed since the pass (scored
+/// afresh against its current centroid) or one that did not, whose prefetched score is still
+/// exact; the best unchanged one is in the prefetched top-k unless all k changed.
+#[derive(Default)]
+struct Prefetch {
+    lists: std::collections::VecDeque<Vec<(ClusterId, f32)>>,
+    changed: std::collections::HashSet<ClusterId>,
+}
+
+impl Prefetch {
+    fn note_changed(&mut self, id: ClusterId) {
+        if !self.lists.is_empty() {
+            self.changed.insert(id);
+        }
+    }
+
+    fn resolve(
+        &self,
+        candidates: &[(ClusterId, f32)],
+        vector: &[f32],
+        clusters: &BTreeMap<ClusterId, MicroCluster>,
+        index: &mut dyn CentroidIndex,
+    ) -> Option<(ClusterId, f32)> {
+        let unchanged = candidates
+            .iter()
+            .find(|(id, _)| !self.changed.contains(id))
+            .copied();
+        if unchanged.is_none() && candidates.len() == PREFETCH_K {
+            return index.nearest(vector);
+        }
+        self.changed
+            .iter()
+            .filter_map(|id| clusters.get(id).map(|c| (*id, dot(&c.centroid, vector))))
+            .fold(unchanged, better_of)
+    }
 }
 
 /// The live micro-clusters as items of the level above them, weighted by conversations.
@@ -123,6 +168,24 @@ impl ClusterState {
             lifecycle: Vec::new(),
             lifecycle_totals: [0; 3],
             moved: BTreeSet::new(),
+            prefetch: Prefetch::default(),
+        }
+    }
+
+    /// Computes nearest-centroid candidates for the next `vectors.len()` calls of
+    /// [`Self::assign`], in one pass over the index when it has a batched path. The caller must
+    /// then assign exactly these vectors, in this order. Results are identical to assigning
+    /// without prefetching; only the memory traffic is shared.
+    pub fn prefetch(&mut self, vectors: &[&[f32]]) {
+        if !self.prefetch.lists.is_empty() || vectors.len() < 2 {
+            return;
+        }
+        if vectors.iter().any(|v| v.len() != self.dimension) {
+            return;
+        }
+        if let Some(lists) = self.index.top_k_batch(vectors, PREFETCH_K) {
+            self.prefetch.changed.clear();
+            self.prefetch.lists.extend(lists);
         }
     }
 
@@ -241,6 +304,8 @@ impl ClusterState {
         summary: &Summary,
         vector: &[f32],
     ) -> Result<Assignment, DimensionMismatch> {
+        // Every assign consumes its prefetched candidates, if any, so the queue stays aligned.
+        let prefetched = self.prefetch.lists.pop_front();
         if vector.len() != self.dimension {
             // Refusing the event is safer than corrupting every centroid it would touch.
             return Err(DimensionMismatch {
@@ -260,13 +325,20 @@ impl ClusterState {
             self.seen.expire(self.clock.now_ms());
         }
         self.clustered_events += 1;
-        let nearest = self.index.nearest(vector);
+        let nearest = match prefetched {
+            Some(candidates) => {
+                self.prefetch
+                    .resolve(&candidates, vector, &self.clusters, self.index.as_mut())
+            }
+            None => self.index.nearest(vector),
+        };
         Ok(match nearest {
             Some((id, similarity)) if similarity >= self.settings.join_threshold => {
                 let half_life_ms = self.half_life_ms();
                 if let Some(cluster) = self.clusters.get_mut(&id) {
                     cluster.absorb(meta, summary, vector, similarity, half_life_ms);
                     self.index.upsert(id, &cluster.centroid);
+                    self.prefetch.note_changed(id);
                     self.moved.insert(id);
                     return Ok(Assignment::Joined {
                         cluster_id: id,
@@ -276,6 +348,7 @@ impl ClusterState {
                 // The index and the map disagree; heal by founding a fresh cluster.
                 tracing::error!("centroid index referenced a missing cluster; removing it");
                 self.index.remove(id);
+                self.prefetch.note_changed(id);
                 self.found(meta, summary, vector)
             }
             _ => self.found(meta, summary, vector),
@@ -294,6 +367,7 @@ impl ClusterState {
             self.settings.reservoir_size,
         );
         self.index.upsert(id, &cluster.centroid);
+        self.prefetch.note_changed(id);
         self.record(Self::lifecycle_event(
             LifecycleKind::Born,
             &cluster,
@@ -344,6 +418,7 @@ impl ClusterState {
         for id in faded {
             if let Some(cluster) = self.clusters.remove(&id) {
                 self.index.remove(id);
+                self.prefetch.note_changed(id);
                 self.moved.remove(&id);
                 self.record(Self::lifecycle_event(LifecycleKind::Died, &cluster, now));
             }
@@ -374,18 +449,22 @@ impl ClusterState {
             let (survivor, absorbed) = (id.min(other), id.max(other));
             let Some(gone) = self.clusters.remove(&absorbed) else {
                 self.index.remove(absorbed);
+                self.prefetch.note_changed(absorbed);
                 continue;
             };
             self.index.remove(absorbed);
+            self.prefetch.note_changed(absorbed);
             self.moved.remove(&absorbed);
             let Some(kept) = self.clusters.get_mut(&survivor) else {
                 // Unreachable while index and map agree; put the cluster back rather than lose it.
                 self.index.upsert(absorbed, &gone.centroid);
+                self.prefetch.note_changed(absorbed);
                 self.clusters.insert(absorbed, gone);
                 continue;
             };
             kept.merge(&gone, half_life_ms);
             self.index.upsert(survivor, &kept.centroid);
+            self.prefetch.note_changed(survivor);
             let mut event = Self::lifecycle_event(LifecycleKind::Merged, &gone, now);
             event.into = Some(survivor);
             event.similarity = Some(similarity);
@@ -837,5 +916,45 @@ pub(crate) mod tests {
             .err()
             .unwrap();
         assert!(err.to_string().contains("--reset-clusters"), "{err}");
+    }
+
+    #[test]
+    fn prefetched_batches_assign_exactly_as_one_at_a_time() {
+        let e = HashingEmbedder::new(64);
+        let settings = ClusterSettings {
+            join_threshold: 0.6,
+            merge_threshold: 0.75,
+            maintenance_every_events: 13,
+            ..ClusterSettings::default()
+        };
+        let texts: Vec<String> = (0..400)
+            .map(|i| format!("w{} x{} y{}", i % 7, i % 11, i % 5))
+            .collect();
+        let vectors = e.embed_batch(&texts).unwrap();
+        let run = |batch: usize| -> (Vec<Option<u64>>, Vec<(u64, u64)>) {
+            let mut s = ClusterState::new(settings.clone(), 64, e.id());
+            let mut out = Vec::new();
+            for start in (0..texts.len()).step_by(batch) {
+                let end = (start + batch).min(texts.len());
+                let refs: Vec<&[f32]> = vectors[start..end].iter().map(|v| v.as_slice()).collect();
+                s.prefetch(&refs);
+                for i in start..end {
+                    let m = meta(&format!("c{}", i % 390), &format!("a{i}"), i as i64 * 1000);
+                    out.push(
+                        s.assign(0, &m, &summary(&texts[i]), &vectors[i])
+                            .unwrap()
+                            .cluster_id(),
+                    );
+                    if s.maintenance_due() {
+                        s.maintain();
+                    }
+                }
+            }
+            (out, s.clusters().map(|c| (c.id, c.count)).collect())
+        };
+        let single = run(1);
+        assert!(single.1.len() > 5, "several clusters form");
+        assert_eq!(single, run(8));
+        assert_eq!(single, run(64));
     }
 }

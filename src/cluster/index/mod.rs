@@ -35,6 +35,12 @@ pub trait CentroidIndex: Send {
     /// Forgets `id`; unknown ids are ignored.
     fn remove(&mut self, id: ClusterId);
     fn len(&self) -> usize;
+    /// The `k` best candidates of each query, best first, computed in one pass over the index
+    /// (queries that are waiting together share the memory traffic). `None` when the index has
+    /// no batched path; callers then query one by one.
+    fn top_k_batch(&self, _queries: &[&[f32]], _k: usize) -> Option<Vec<Vec<(ClusterId, f32)>>> {
+        None
+    }
     /// Blocks until background work (an index rebuild) has caught up with every change so far.
     /// Benchmarks call it after loading, so they measure the steady state.
     fn settle(&mut self) {}
@@ -61,6 +67,23 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
         }
     }
     acc.iter().sum::<f32>() + tail
+}
+
+/// Inserts `candidate` into `best` (sorted best first, at most `k` long) if it belongs there.
+#[inline]
+pub(crate) fn push_top_k(best: &mut Vec<(ClusterId, f32)>, candidate: (ClusterId, f32), k: usize) {
+    if best.len() == k {
+        let worst = best[k - 1];
+        if better_of(Some(worst), candidate) == Some(worst) {
+            return;
+        }
+        best.pop();
+    }
+    let pos = best
+        .iter()
+        .position(|b| better_of(Some(*b), candidate) != Some(*b))
+        .unwrap_or(best.len());
+    best.insert(pos, candidate);
 }
 
 /// The better of two candidates: higher similarity, ties to the older (smaller) id, so results
