@@ -190,6 +190,7 @@ pub struct ClusterSettings {
     /// Cosine similarity at or above which an event joins its nearest cluster.
     pub join_threshold: f32,
     /// How long (event time) a conversation id is remembered to drop redeliveries, in seconds.
+    /// 3600; memory grows with event rate × window (see `cluster/dedup.rs`).
     pub dedup_window_secs: i64,
     /// Distinct accounts and orgs per cluster are counted exactly up to this many, then by a
     /// HyperLogLog++ sketch (~1.6% error, a few KiB). 1024.
@@ -257,7 +258,7 @@ impl Default for ClusterSettings {
     fn default() -> Self {
         ClusterSettings {
             join_threshold: 0.62,
-            dedup_window_secs: 86_400,
+            dedup_window_secs: 3_600,
             distinct_cap: 1024,
             decay_half_life_secs: 86_400,
             archive_weight: 0.05,

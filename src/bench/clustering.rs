@@ -101,12 +101,8 @@ pub fn run(args: &ClusteringBenchArgs) -> anyhow::Result<()> {
     if args.bertopic_events > 0 {
         compare_with_bertopic(args)?;
     }
-    for &events in &args.rss_events {
-        let (rss_kb, live) = peak_rss_after(events, args.dimension)?;
-        println!(
-            "peak RSS after {events} events (topics churn; decay half-life {RSS_HALF_LIFE_SECS} s of event time, archive and merge on): {:.1} MB, {live} live clusters",
-            rss_kb as f64 / 1024.0
-        );
+    if let Some(&longest) = args.rss_events.iter().max() {
+        rss_over_stream(longest, &args.rss_events, args.dimension)?;
     }
     Ok(())
 }
@@ -186,10 +182,17 @@ fn measure_speed(
     let mut state =
         ClusterState::new(settings(kind), dimension, "bench").with_background_index_builds();
     let mut events = EventMaker::new();
-    for topic in 0..topics {
-        let v = space.member(topic);
-        let meta = events.meta(topic as u64 % 50_000);
-        state.assign(0, &meta, &events.summary, &v)?;
+    // One founding member per topic, loaded in prefetched batches (not timed).
+    for first in (0..topics).step_by(64) {
+        let members: Vec<Vec<f32>> = (first..(first + 64).min(topics))
+            .map(|topic| space.member(topic))
+            .collect();
+        let refs: Vec<&[f32]> = members.iter().map(|v| v.as_slice()).collect();
+        state.prefetch(&refs);
+        for (offset, v) in members.iter().enumerate() {
+            let meta = events.meta((first + offset) as u64 % 50_000);
+            state.assign(0, &meta, &events.summary, v)?;
+        }
     }
     // Measure the steady state, not the first graph builds after a cold start.
     state.settle_index();
@@ -427,44 +430,79 @@ fn tempfile_dir() -> anyhow::Result<PathBuf> {
 /// 60,000 events, and a cluster whose topic stopped dies about 4–15 half-lives later.
 const RSS_HALF_LIFE_SECS: i64 = 600;
 
-/// Streams `events` synthetic events whose topics churn (every 100,000 events a tenth of the
-/// topics is replaced by new ones), with decay, archiving and merging as the pipeline runs them,
-/// and returns the process's peak RSS (kB) and the live cluster count at the end.
-fn peak_rss_after(events: u64, dimension: usize) -> anyhow::Result<(u64, usize)> {
-    const TOPICS: usize = 5_000;
-    let mut space = TopicSpace::new(TOPICS * 4, dimension, MEMBER_COSINE, 11);
+/// Topics active at any time in the RSS stream; every 100,000 events a tenth of them is replaced
+/// by new ones, so clusters keep being born and dying and the live count plateaus.
+const RSS_ACTIVE_TOPICS: usize = 1_000;
+
+/// Streams `events` synthetic events whose topics churn, with decay, archiving and merging as
+/// the pipeline runs them (prefetched in batches of 64), and prints peak and current RSS and the
+/// live cluster count every million events and at each of `checkpoints`.
+fn rss_over_stream(events: u64, checkpoints: &[u64], dimension: usize) -> anyhow::Result<()> {
+    const BATCH: u64 = 64;
+    let mut space = TopicSpace::new(RSS_ACTIVE_TOPICS * 4, dimension, MEMBER_COSINE, 11);
     let settings = ClusterSettings {
         decay_half_life_secs: RSS_HALF_LIFE_SECS,
         ..ClusterSettings::default()
     };
-    let mut state = ClusterState::new(settings, dimension, "bench").with_background_index_builds();
+    let mut state = ClusterState::new(settings, dimension, "bench");
     let mut maker = EventMaker::new();
     let mut first_topic = 0usize;
-    for i in 0..events {
-        if i > 0 && i % 100_000 == 0 {
-            first_topic = (first_topic + TOPICS / 10) % (TOPICS * 3);
+    let started = Instant::now();
+    println!(
+        "RSS over a churning stream ({RSS_ACTIVE_TOPICS} active topics, a tenth replaced every \
+         100,000 events; events 10 ms apart; decay half-life {RSS_HALF_LIFE_SECS} s of event \
+         time; archive and merge on):"
+    );
+    println!(
+        "{:>11} {:>14} {:>14} {:>14} {:>9}",
+        "events", "peak RSS MB", "RSS now MB", "live clusters", "seconds"
+    );
+    let mut done = 0u64;
+    while done < events {
+        let n = BATCH.min(events - done);
+        let mut batch = Vec::with_capacity(n as usize);
+        for i in done..done + n {
+            if i > 0 && i % 100_000 == 0 {
+                first_topic = (first_topic + RSS_ACTIVE_TOPICS / 10) % (RSS_ACTIVE_TOPICS * 3);
+            }
+            let topic = first_topic + space.rng().gen_range(0..RSS_ACTIVE_TOPICS);
+            let account = space.rng().gen_range(0..50_000u64);
+            batch.push((maker.meta(account), space.member(topic)));
         }
-        let offset = space.rng().gen_range(0..TOPICS);
-        let topic = first_topic + offset;
-        let v = space.member(topic);
-        let account = space.rng().gen_range(0..50_000u64);
-        let meta = maker.meta(account);
-        state.assign(0, &meta, &maker.summary, &v)?;
-        if state.maintenance_due() {
-            state.maintain();
+        let refs: Vec<&[f32]> = batch.iter().map(|(_, v)| v.as_slice()).collect();
+        state.prefetch(&refs);
+        for (meta, v) in &batch {
+            state.assign(0, meta, &maker.summary, v)?;
+            if state.maintenance_due() {
+                state.maintain();
+            }
+            done += 1;
+            if done % 1_000_000 == 0 || checkpoints.contains(&done) {
+                let (peak, now) = rss_kb();
+                println!(
+                    "{:>11} {:>14.1} {:>14.1} {:>14} {:>9.0}",
+                    done,
+                    peak as f64 / 1024.0,
+                    now as f64 / 1024.0,
+                    state.live_clusters(),
+                    started.elapsed().as_secs_f64()
+                );
+            }
         }
     }
-    Ok((peak_rss_kb().unwrap_or(0), state.live_clusters()))
+    Ok(())
 }
 
-/// VmHWM from /proc/self/status (Linux); `None` elsewhere.
-fn peak_rss_kb() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
+/// (VmHWM, VmRSS) in kB from /proc/self/status (Linux); zeros elsewhere.
+fn rss_kb() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| -> u64 {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmHWM:"), field("VmRSS:"))
 }

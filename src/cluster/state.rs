@@ -112,18 +112,46 @@ impl Prefetch {
         clusters: &BTreeMap<ClusterId, MicroCluster>,
         index: &mut dyn CentroidIndex,
     ) -> Option<(ClusterId, f32)> {
-        let unchanged = candidates
-            .iter()
-            .find(|(id, _)| !self.changed.contains(id))
-            .copied();
-        if unchanged.is_none() && candidates.len() == PREFETCH_K {
-            return index.nearest(vector);
-        }
-        self.changed
-            .iter()
-            .filter_map(|id| clusters.get(id).map(|c| (*id, dot(&c.centroid, vector))))
-            .fold(unchanged, better_of)
+        resolve_candidates(
+            candidates,
+            PREFETCH_K,
+            None,
+            &self.changed,
+            vector,
+            clusters,
+            index,
+        )
     }
+}
+
+/// Neighbours looked up per moved cluster in a merge pass (itself, plus spares for merges made
+/// earlier in the same pass).
+const MERGE_CANDIDATES: usize = 4;
+
+/// The exact nearest centroid to `vector` (other than `exclude`) given its top-`k` candidates
+/// from a batched pass and the clusters `changed` since that pass: the best unchanged candidate,
+/// or a changed cluster rescored now if better; a full query when every candidate is unusable.
+fn resolve_candidates(
+    candidates: &[(ClusterId, f32)],
+    k: usize,
+    exclude: Option<ClusterId>,
+    changed: &std::collections::HashSet<ClusterId>,
+    vector: &[f32],
+    clusters: &BTreeMap<ClusterId, MicroCluster>,
+    index: &mut dyn CentroidIndex,
+) -> Option<(ClusterId, f32)> {
+    let unchanged = candidates
+        .iter()
+        .find(|(id, _)| Some(*id) != exclude && !changed.contains(id))
+        .copied();
+    if unchanged.is_none() && candidates.len() == k {
+        return index.nearest_excluding(vector, exclude);
+    }
+    changed
+        .iter()
+        .filter(|id| Some(**id) != exclude)
+        .filter_map(|id| clusters.get(id).map(|c| (*id, dot(&c.centroid, vector))))
+        .fold(unchanged, better_of)
 }
 
 /// The live micro-clusters as items of the level above them, weighted by conversations.
@@ -435,12 +463,37 @@ impl ClusterState {
         }
         let half_life_ms = self.half_life_ms();
         let now = self.clock.now_ms();
-        for id in std::mem::take(&mut self.moved) {
+        let moved: Vec<ClusterId> = std::mem::take(&mut self.moved)
+            .into_iter()
+            .filter(|id| self.clusters.contains_key(id))
+            .collect();
+        // Every moved cluster's neighbours in one batched pass; a merge in this pass changes
+        // (or removes) two clusters, which are then rescored, as for prefetched events.
+        let batched = {
+            let centroids: Vec<&[f32]> = moved
+                .iter()
+                .map(|id| self.clusters[id].centroid.as_slice())
+                .collect();
+            self.index.top_k_batch(&centroids, MERGE_CANDIDATES)
+        };
+        let mut changed: std::collections::HashSet<ClusterId> = Default::default();
+        for (i, &id) in moved.iter().enumerate() {
             let Some(centroid) = self.clusters.get(&id).map(|c| c.centroid.clone()) else {
                 continue;
             };
-            let Some((other, similarity)) = self.index.nearest_excluding(&centroid, Some(id))
-            else {
+            let nearest = match &batched {
+                Some(lists) if !changed.contains(&id) => resolve_candidates(
+                    &lists[i],
+                    MERGE_CANDIDATES,
+                    Some(id),
+                    &changed,
+                    &centroid,
+                    &self.clusters,
+                    self.index.as_mut(),
+                ),
+                _ => self.index.nearest_excluding(&centroid, Some(id)),
+            };
+            let Some((other, similarity)) = nearest else {
                 continue;
             };
             if similarity < threshold {
@@ -465,6 +518,7 @@ impl ClusterState {
             kept.merge(&gone, half_life_ms);
             self.index.upsert(survivor, &kept.centroid);
             self.prefetch.note_changed(survivor);
+            changed.extend([survivor, absorbed]);
             let mut event = Self::lifecycle_event(LifecycleKind::Merged, &gone, now);
             event.into = Some(survivor);
             event.similarity = Some(similarity);

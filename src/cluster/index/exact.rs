@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use super::{better_of, dot, push_top_k, CentroidIndex};
+use super::{better_of, dot, dot4, push_top_k, CentroidIndex};
 
 /// Rows scanned per block of a batched query: 256 rows of 384 floats are 384 KiB, which stay in
 /// L2 while every waiting query passes over them.
@@ -112,7 +112,18 @@ impl CentroidIndex for ExactScanIndex {
         let block = BLOCK_ROWS * self.dimension;
         for (b, rows) in self.rows.chunks(block).enumerate() {
             let ids = &self.ids[b * BLOCK_ROWS..];
-            for (query, top) in queries.iter().zip(best.iter_mut()) {
+            let mut q = 0;
+            while q + 4 <= queries.len() {
+                let four = [queries[q], queries[q + 1], queries[q + 2], queries[q + 3]];
+                for (row, id) in rows.chunks_exact(self.dimension).zip(ids) {
+                    let sims = dot4(row, four);
+                    for (j, sim) in sims.into_iter().enumerate() {
+                        push_top_k(&mut best[q + j], (*id, sim), k);
+                    }
+                }
+                q += 4;
+            }
+            for (query, top) in queries[q..].iter().zip(best[q..].iter_mut()) {
                 for (row, id) in rows.chunks_exact(self.dimension).zip(ids) {
                     push_top_k(top, (*id, dot(row, query)), k);
                 }
