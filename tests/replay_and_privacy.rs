@@ -33,6 +33,8 @@ fn replay_binary(input: &Path, out_dir: &Path, tag: &str, log_level: &str) -> St
         .arg(out_dir.join(format!("clusters-{tag}.json")))
         .arg("--dead-letter-out")
         .arg(out_dir.join(format!("dead-letter-{tag}.jsonl")))
+        .arg("--lifecycle-out")
+        .arg(out_dir.join(format!("lifecycle-{tag}.jsonl")))
         .env(
             "CLUSTERWATCH_EMBEDDER__MODEL_DIR",
             repo_root().join("models/all-MiniLM-L6-v2"),
@@ -67,7 +69,7 @@ fn replay_is_deterministic_byte_for_byte() {
     );
     replay_binary(&input, dir.path(), "a", "info");
     replay_binary(&input, dir.path(), "b", "info");
-    for name in ["alerts", "assignments", "dead-letter"] {
+    for name in ["alerts", "assignments", "dead-letter", "lifecycle"] {
         let a = std::fs::read(dir.path().join(format!("{name}-a.jsonl"))).unwrap();
         let b = std::fs::read(dir.path().join(format!("{name}-b.jsonl"))).unwrap();
         assert!(!a.is_empty(), "{name} output is empty");
@@ -88,10 +90,22 @@ fn replay_is_deterministic_byte_for_byte() {
         let keys: Vec<&str> = l.as_object().unwrap().keys().map(String::as_str).collect();
         assert_eq!(
             keys,
-            ["cluster_id", "conversation_id", "topic_id"],
+            ["cluster_id", "conversation_id", "domain_id", "topic_id"],
             "ids only"
         );
     }
+    // Every cluster in the table was born on the record; a newborn cluster (one conversation)
+    // is below the privacy gate, so its line carries no counts.
+    let lifecycle = std::fs::read_to_string(dir.path().join("lifecycle-a.jsonl")).unwrap();
+    let born: Vec<serde_json::Value> = lifecycle
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|l| l["event"] == "born")
+        .collect();
+    assert!(born.len() >= 10, "born events recorded");
+    assert!(born
+        .iter()
+        .all(|l| l.get("conversations").is_none() && l.get("accounts").is_none()));
     let alerts = std::fs::read_to_string(dir.path().join("alerts-a.jsonl")).unwrap();
     assert!(
         alerts.contains("\"status\":\"firing\""),
@@ -166,6 +180,7 @@ fn personal_data_never_reaches_outputs_logs_or_metrics() {
         "assignments-p.jsonl",
         "clusters-p.json",
         "dead-letter-p.jsonl",
+        "lifecycle-p.jsonl",
     ] {
         let text = std::fs::read_to_string(dir.path().join(name)).unwrap();
         assert_no_canary(name, &text, &canaries);
