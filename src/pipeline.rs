@@ -166,6 +166,7 @@ impl Pipeline {
         if !self.deterministic_batches {
             state = state.with_background_index_builds();
         }
+        state = state.with_join_window(self.settings.detect.coordinated.window_secs);
         let detector =
             CoordinatedDetector::new(self.settings.detect.coordinated.clone(), gate.clone());
         let cluster = {

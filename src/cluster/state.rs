@@ -80,7 +80,12 @@ pub struct ClusterState {
     /// Clusters whose centroid moved since the last merge check.
     moved: BTreeSet<ClusterId>,
     prefetch: Prefetch,
+    /// How much event time of joins each cluster keeps for the detectors' sliding windows.
+    join_window_ms: i64,
 }
+
+/// Joins kept for detection windows unless the pipeline says otherwise: an hour.
+const DEFAULT_JOIN_WINDOW_MS: i64 = 3_600_000;
 
 /// Candidates per event to prefetch: the best unchanged one among them is exact unless all of
 /// them changed meanwhile (then the event falls back to a full query).
@@ -197,7 +202,14 @@ impl ClusterState {
             lifecycle_totals: [0; 3],
             moved: BTreeSet::new(),
             prefetch: Prefetch::default(),
+            join_window_ms: DEFAULT_JOIN_WINDOW_MS,
         }
+    }
+
+    /// Keep joins for detection windows of `secs` (the pipeline passes the detector's window).
+    pub fn with_join_window(mut self, secs: i64) -> Self {
+        self.join_window_ms = secs.max(1).saturating_mul(1000);
+        self
     }
 
     /// Computes nearest-centroid candidates for the next `vectors.len()` calls of
@@ -427,13 +439,19 @@ impl ClusterState {
     /// Removes clusters whose decayed weight, at the event clock, is below `archive_weight`.
     /// Their `died` event is the archive record.
     fn archive_faded(&mut self) {
-        let half_life_ms = self.half_life_ms();
-        if half_life_ms <= 0 {
-            return;
-        }
         let now = self.clock.now_ms();
         if now == i64::MIN {
             // The clock has not started (a partition has not reported yet): nothing has aged.
+            return;
+        }
+        // Detection windows of clusters nobody touched lately are trimmed here, so a quiet
+        // cluster does not keep its last burst of joins in memory.
+        let cutoff = now.saturating_sub(self.join_window_ms);
+        for c in self.clusters.values_mut() {
+            c.recent.expire_before(cutoff);
+        }
+        let half_life_ms = self.half_life_ms();
+        if half_life_ms <= 0 {
             return;
         }
         let floor = self.settings.archive_weight;
@@ -575,9 +593,19 @@ impl ClusterState {
     /// c-TF-IDF term weights over the topics and labels every topic and domain.
     pub fn rebuild_hierarchy(&mut self) {
         let h = self.settings.hierarchy.clone();
-        let items = micro_level(self.clusters.values());
+        let vectors = self.hierarchy_vectors();
+        let items: Vec<LevelItem<'_>> = vectors
+            .iter()
+            .map(|(id, v, w)| LevelItem {
+                id: *id,
+                centroid: v,
+                weight: *w,
+            })
+            .collect();
         self.topics
             .rebuild(&items, h.topic_threshold, h.refine_rounds);
+        let vector_of: BTreeMap<ClusterId, &[f32]> =
+            vectors.iter().map(|(id, v, _)| (*id, v.as_slice())).collect();
 
         // Topic centroids: the conversation-weighted mean of their micro-clusters' centroids.
         let mut topic_sums: BTreeMap<u64, (Vec<f64>, f64)> = BTreeMap::new();
@@ -589,7 +617,7 @@ impl ClusterState {
             let (sum, weight) = topic_sums
                 .entry(topic)
                 .or_insert_with(|| (vec![0.0; self.dimension], 0.0));
-            for (s, x) in sum.iter_mut().zip(&c.centroid) {
+            for (s, x) in sum.iter_mut().zip(vector_of[&c.id]) {
                 *s += c.count as f64 * f64::from(*x);
             }
             *weight += c.count as f64;
@@ -630,6 +658,35 @@ impl ClusterState {
             .iter()
             .map(|(id, class)| (*id, self.term_weights.label(class)))
             .collect();
+    }
+
+    /// The micro-cluster centroids the hierarchy groups, with their weights (conversations).
+    /// With `hierarchy.center` the conversation-weighted mean centroid is subtracted first and
+    /// the rest renormalised: sentence embeddings share a common direction, so every raw centroid
+    /// is ~0.3 similar to the mean of many, and a group's centroid drifts into a catch-all.
+    pub fn hierarchy_vectors(&self) -> Vec<(ClusterId, Vec<f32>, f64)> {
+        let mut mean = vec![0f64; self.dimension];
+        if self.settings.hierarchy.center {
+            for c in self.clusters.values() {
+                for (m, x) in mean.iter_mut().zip(&c.centroid) {
+                    *m += c.count as f64 * f64::from(*x);
+                }
+            }
+            let total: f64 = self.clusters.values().map(|c| c.count as f64).sum();
+            mean.iter_mut().for_each(|m| *m /= total.max(1.0));
+        }
+        self.clusters
+            .values()
+            .map(|c| {
+                let shifted: Vec<f64> = c
+                    .centroid
+                    .iter()
+                    .zip(&mean)
+                    .map(|(x, m)| f64::from(*x) - m)
+                    .collect();
+                (c.id, super::hierarchy::unit(&shifted), c.count as f64)
+            })
+            .collect()
     }
 
     /// The domain (third level) of micro-cluster `id` as of the last rebuild.
@@ -792,6 +849,8 @@ pub(crate) mod tests {
                 hierarchy: crate::config::HierarchySettings {
                     topic_threshold: 0.9,
                     rebuild_every_events: 3,
+                    // Three 2-d points: centring would be all distortion.
+                    center: false,
                     ..Default::default()
                 },
                 ..Default::default()

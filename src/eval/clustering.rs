@@ -154,7 +154,15 @@ pub fn run(args: &ClusteringEvalArgs) -> anyhow::Result<()> {
     // Topic and domain levels, built by the state as the pipeline builds them.
     let hierarchy = &settings.cluster.hierarchy;
     state.rebuild_hierarchy();
-    let micro_items = crate::cluster::state::micro_level(state.clusters());
+    let hierarchy_vectors = state.hierarchy_vectors();
+    let micro_items: Vec<crate::cluster::hierarchy::LevelItem<'_>> = hierarchy_vectors
+        .iter()
+        .map(|(id, v, w)| crate::cluster::hierarchy::LevelItem {
+            id: *id,
+            centroid: v,
+            weight: *w,
+        })
+        .collect();
     let level = |f: &dyn Fn(u64) -> Option<u64>| -> anyhow::Result<Vec<u32>> {
         micro
             .iter()
