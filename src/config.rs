@@ -205,6 +205,10 @@ pub struct ClusterSettings {
     /// Two clusters whose centroids reach this cosine merge; the older id survives. Above 1.0
     /// turns merging off. 0.85.
     pub merge_threshold: f32,
+    /// A cluster is watched for a split from this many members on, and splits when both halves
+    /// have this many members since and their centroids are below `join_threshold` apart; 0 turns
+    /// splitting off. 25.
+    pub split_min_members: u32,
     /// Archive and merge passes run every this many clustered events (a count, so a replay runs
     /// them at the same points). 1000.
     pub maintenance_every_events: u64,
@@ -268,6 +272,7 @@ impl Default for ClusterSettings {
             decay_half_life_secs: 86_400,
             archive_weight: 0.05,
             merge_threshold: 0.85,
+            split_min_members: 25,
             maintenance_every_events: 1000,
             reservoir_size: 24,
             index: IndexKind::Exact,

@@ -120,6 +120,11 @@ impl DistinctCounter {
         }
     }
 
+    /// The exact-set cap this counter was made with.
+    pub fn cap(&self) -> usize {
+        self.cap
+    }
+
     /// Whether the count is an estimate.
     pub fn is_estimate(&self) -> bool {
         self.sketch.is_some()

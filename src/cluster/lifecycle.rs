@@ -1,4 +1,4 @@
-//! Cluster lifecycle events: born, merged into another, died (archived).
+//! Cluster lifecycle events: born, merged into another, split from another, died (archived).
 //!
 //! On-call engineers follow a cluster by its id over days, so every change of identity is an
 //! explicit, replayable event rather than a silent renumbering. The state records them in event
@@ -16,14 +16,17 @@ pub enum LifecycleKind {
     Born,
     /// The cluster's centroid converged with an older cluster's, which absorbed it.
     Merged,
+    /// The cluster was split off another whose members had formed two groups (`from`).
+    Split,
     /// The cluster's decayed weight fell below the floor; it was archived.
     Died,
 }
 
 impl LifecycleKind {
-    pub const ALL: [LifecycleKind; 3] = [
+    pub const ALL: [LifecycleKind; 4] = [
         LifecycleKind::Born,
         LifecycleKind::Merged,
+        LifecycleKind::Split,
         LifecycleKind::Died,
     ];
 
@@ -31,6 +34,7 @@ impl LifecycleKind {
         match self {
             LifecycleKind::Born => "born",
             LifecycleKind::Merged => "merged",
+            LifecycleKind::Split => "split",
             LifecycleKind::Died => "died",
         }
     }
@@ -44,6 +48,9 @@ pub struct LifecycleEvent {
     /// For `merged`: the surviving (older) cluster.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub into: Option<ClusterId>,
+    /// For `split`: the cluster it was split from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<ClusterId>,
     /// Event time of the change, in milliseconds since the epoch.
     pub event_time_ms: i64,
     pub born_ms: i64,

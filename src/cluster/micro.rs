@@ -61,6 +61,67 @@ pub struct MicroCluster {
     pub recent: RecentJoins,
     pub reservoir: Reservoir,
     pub templates: TemplateTally,
+    /// Two running sub-centroids (online 2-means over recent members), allocated only once the
+    /// cluster is big enough to be worth splitting; see [`SplitProbe`].
+    probe: Option<SplitProbe>,
+}
+
+/// Watches whether a cluster's members form two groups that have drifted apart under one
+/// centroid. Members are assigned to the nearer of two running sums; the first member, and the
+/// first one after it that is not near it, seed them. When both halves are populated and their
+/// centroids would not even join each other, the cluster splits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SplitProbe {
+    sums: [Vec<f32>; 2],
+    members: [u32; 2],
+}
+
+/// A second seed must be less similar than this to the first.
+const SPLIT_SEED_MAX_COSINE: f32 = 0.9;
+
+impl SplitProbe {
+    fn new(dimension: usize) -> Self {
+        SplitProbe {
+            sums: [vec![0.0; dimension], vec![0.0; dimension]],
+            members: [0, 0],
+        }
+    }
+
+    fn add(&mut self, vector: &[f32]) {
+        let side = if self.members[0] == 0 {
+            0
+        } else {
+            let near0 = cosine_to_sum(&self.sums[0], vector);
+            if self.members[1] == 0 {
+                usize::from(near0 < SPLIT_SEED_MAX_COSINE)
+            } else {
+                usize::from(cosine_to_sum(&self.sums[1], vector) > near0)
+            }
+        };
+        for (s, v) in self.sums[side].iter_mut().zip(vector) {
+            *s += v;
+        }
+        self.members[side] += 1;
+    }
+}
+
+fn cosine_to_sum(sum: &[f32], unit: &[f32]) -> f32 {
+    let norm = sum.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if norm == 0.0 {
+        0.0
+    } else {
+        crate::cluster::index::dot(sum, unit) / norm
+    }
+}
+
+fn normalised(sum: &[f32]) -> Vec<f32> {
+    let norm = sum
+        .iter()
+        .map(|x| x * x)
+        .sum::<f32>()
+        .sqrt()
+        .max(f32::MIN_POSITIVE);
+    sum.iter().map(|x| x / norm).collect()
 }
 
 impl MicroCluster {
@@ -93,9 +154,79 @@ impl MicroCluster {
             recent: RecentJoins::default(),
             reservoir: Reservoir::new(reservoir_size),
             templates: TemplateTally::default(),
+            probe: None,
         };
         c.absorb(meta, summary, vector, 1.0, 0);
         c
+    }
+
+    /// Starts watching for a split once the cluster has `from_members` members (0: never).
+    pub fn probe_for_split(&mut self, from_members: u64) {
+        if self.probe.is_none() && from_members > 0 && self.count >= from_members {
+            self.probe = Some(SplitProbe::new(self.centroid.len()));
+        }
+    }
+
+    /// If the probe found two halves of at least `min_members` each whose centroids are below
+    /// `max_cosine` apart, moves this cluster's centroid to the larger half and returns the
+    /// smaller half's centroid and member count (the caller founds the new cluster). The probe
+    /// restarts either way once it has decided.
+    pub fn take_split(&mut self, min_members: u32, max_cosine: f32) -> Option<(Vec<f32>, u32)> {
+        let probe = self.probe.as_ref()?;
+        if probe.members.iter().any(|n| *n < min_members) {
+            return None;
+        }
+        let halves = [normalised(&probe.sums[0]), normalised(&probe.sums[1])];
+        let members = probe.members;
+        self.probe = Some(SplitProbe::new(self.centroid.len()));
+        if crate::cluster::index::dot(&halves[0], &halves[1]) >= max_cosine {
+            return None;
+        }
+        let (stay, leave) = if members[0] >= members[1] {
+            (0, 1)
+        } else {
+            (1, 0)
+        };
+        // The remaining half keeps the cluster's weight; its pull is now that half's direction.
+        let norm = self.sum.iter().map(|x| x * x).sum::<f32>().sqrt();
+        self.sum = halves[stay].iter().map(|x| x * norm).collect();
+        self.renormalise();
+        Some((halves[leave].clone(), members[leave]))
+    }
+
+    /// A cluster split off `parent`: its centroid and decayed weight come from the parent's
+    /// probe; its statistics start empty (the members it was split from stay counted in the
+    /// parent, so nothing is counted twice).
+    pub fn split_off(
+        id: ClusterId,
+        centroid: Vec<f32>,
+        weight: f64,
+        at_ms: i64,
+        parent: &MicroCluster,
+    ) -> Self {
+        MicroCluster {
+            id,
+            born_ms: at_ms,
+            last_seen_ms: at_ms,
+            count: 0,
+            weight,
+            decayed_at_ms: at_ms,
+            sum: centroid.iter().map(|x| x * weight as f32).collect(),
+            centroid,
+            similarity_sum: 0.0,
+            accounts: DistinctCounter::new(parent.accounts.cap()),
+            orgs: DistinctCounter::new(parent.orgs.cap()),
+            surfaces: BTreeMap::new(),
+            languages: BTreeMap::new(),
+            tasks: BTreeMap::new(),
+            refused: 0,
+            classifier_flagged: 0,
+            concern_histogram: [0; 5],
+            recent: RecentJoins::default(),
+            reservoir: Reservoir::new(parent.reservoir.capacity),
+            templates: TemplateTally::default(),
+            probe: None,
+        }
     }
 
     /// Brings the decayed sums forward to `at_ms` (never backwards).
@@ -144,6 +275,9 @@ impl MicroCluster {
             *s += own * v;
         }
         self.renormalise();
+        if let Some(probe) = self.probe.as_mut() {
+            probe.add(vector);
+        }
         self.accounts.insert(meta.account_key);
         if let Some(org) = meta.org_key {
             self.orgs.insert(org);
@@ -212,6 +346,10 @@ impl MicroCluster {
         }
         self.recent.merge(&other.recent);
         self.templates.merge(&other.templates);
+        // The halves watched so far describe only one side of the merged cluster: start over.
+        if self.probe.is_some() || other.probe.is_some() {
+            self.probe = Some(SplitProbe::new(self.centroid.len()));
+        }
     }
 
     /// Decayed weight at event time `at_ms`: about how many members it would take to rebuild the

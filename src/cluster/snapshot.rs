@@ -44,7 +44,7 @@ pub struct SnapshotBody {
     pub term_weights: super::ctfidf::TermWeights,
     pub topic_labels: BTreeMap<u64, String>,
     pub domain_labels: BTreeMap<u64, String>,
-    pub lifecycle_totals: [u64; 3],
+    pub lifecycle_totals: [u64; 4],
     pub moved: Vec<ClusterId>,
     /// Source topic and, per partition, the next offset to read.
     pub source_topic: String,
@@ -174,7 +174,7 @@ mod tests {
             term_weights: Default::default(),
             topic_labels: Default::default(),
             domain_labels: Default::default(),
-            lifecycle_totals: [1, 2, 3],
+            lifecycle_totals: [1, 2, 3, 4],
             moved: vec![4],
             source_topic: "t".into(),
             offsets: BTreeMap::from([(0, 10), (3, 99)]),
@@ -218,7 +218,7 @@ mod tests {
         assert!(load(&path).unwrap().is_none());
         write_atomically(&path, &encode(&body())).unwrap();
         write_atomically(&path, &encode(&body())).unwrap();
-        assert_eq!(load(&path).unwrap().unwrap().lifecycle_totals, [1, 2, 3]);
+        assert_eq!(load(&path).unwrap().unwrap().lifecycle_totals, [1, 2, 3, 4]);
         let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(leftovers.len(), 1, "no temporary file left behind");
     }

@@ -5,8 +5,9 @@
 //!
 //! Identity is stable: an id is born once, and changes only through a recorded lifecycle event.
 //! Every `maintenance_every_events` clustered events (a count, so replays agree) the state archives
-//! clusters whose decayed weight fell below `archive_weight`, and merges clusters whose centroids
-//! converged past `merge_threshold` into the older of the two. Memory follows live clusters.
+//! clusters whose decayed weight fell below `archive_weight`, merges clusters whose centroids
+//! converged past `merge_threshold` into the older of the two, and splits a cluster whose members
+//! formed two groups too far apart to join each other. Memory follows live clusters.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -76,7 +77,7 @@ pub struct ClusterState {
     /// stage drains them at every maintenance point).
     lifecycle: Vec<LifecycleEvent>,
     /// Lifecycle events so far, by kind (index of [`LifecycleKind::ALL`]).
-    lifecycle_totals: [u64; 3],
+    lifecycle_totals: [u64; 4],
     /// Clusters whose centroid moved since the last merge check.
     moved: BTreeSet<ClusterId>,
     prefetch: Prefetch,
@@ -199,7 +200,7 @@ impl ClusterState {
             topic_labels: BTreeMap::new(),
             domain_labels: BTreeMap::new(),
             lifecycle: Vec::new(),
-            lifecycle_totals: [0; 3],
+            lifecycle_totals: [0; 4],
             moved: BTreeSet::new(),
             prefetch: Prefetch::default(),
             join_window_ms: DEFAULT_JOIN_WINDOW_MS,
@@ -310,6 +311,7 @@ impl ClusterState {
             event: kind,
             cluster_id: cluster.id,
             into: None,
+            from: None,
             event_time_ms: at_ms,
             born_ms: cluster.born_ms,
             last_seen_ms: cluster.last_seen_ms,
@@ -375,8 +377,10 @@ impl ClusterState {
         Ok(match nearest {
             Some((id, similarity)) if similarity >= self.settings.join_threshold => {
                 let half_life_ms = self.half_life_ms();
+                let probe_from = u64::from(self.settings.split_min_members);
                 if let Some(cluster) = self.clusters.get_mut(&id) {
                     cluster.absorb(meta, summary, vector, similarity, half_life_ms);
+                    cluster.probe_for_split(probe_from);
                     self.index.upsert(id, &cluster.centroid);
                     self.prefetch.note_changed(id);
                     self.moved.insert(id);
@@ -423,11 +427,12 @@ impl ClusterState {
         self.clustered_events > 0 && self.clustered_events % every == 0
     }
 
-    /// Archives faded clusters, then merges converged ones. Returns the lifecycle events since
+    /// Archives faded clusters, merges converged ones, splits diverged ones. Returns the lifecycle events since
     /// the last call (births included), in the order they happened.
     pub fn maintain(&mut self) -> Vec<LifecycleEvent> {
         self.archive_faded();
         self.merge_converged();
+        self.split_diverged();
         self.drain_lifecycle()
     }
 
@@ -546,13 +551,48 @@ impl ClusterState {
     }
 
     /// Lifecycle events so far by kind, in [`LifecycleKind::ALL`] order.
-    pub fn lifecycle_totals(&self) -> [(LifecycleKind, u64); 3] {
+    pub fn lifecycle_totals(&self) -> [(LifecycleKind, u64); 4] {
         let t = self.lifecycle_totals;
         [
             (LifecycleKind::Born, t[0]),
             (LifecycleKind::Merged, t[1]),
-            (LifecycleKind::Died, t[2]),
+            (LifecycleKind::Split, t[2]),
+            (LifecycleKind::Died, t[3]),
         ]
+    }
+
+    /// Splits every cluster whose split probe found two halves that drifted apart: the smaller
+    /// half becomes a new cluster (`split` event, `from` the parent), the parent keeps its id,
+    /// its history and the larger half's direction.
+    fn split_diverged(&mut self) {
+        let min = self.settings.split_min_members;
+        if min == 0 {
+            return;
+        }
+        let max_cosine = self.settings.join_threshold;
+        let now = self.clock.now_ms();
+        let candidates: Vec<ClusterId> = self.clusters.keys().copied().collect();
+        for parent_id in candidates {
+            let Some(parent) = self.clusters.get_mut(&parent_id) else {
+                continue;
+            };
+            let Some((centroid, members)) = parent.take_split(min, max_cosine) else {
+                continue;
+            };
+            self.index.upsert(parent_id, &parent.centroid);
+            self.prefetch.note_changed(parent_id);
+            let id = self.next_id;
+            self.next_id += 1;
+            let at = now.max(parent.last_seen_ms);
+            let child = MicroCluster::split_off(id, centroid, f64::from(members), at, parent);
+            self.index.upsert(id, &child.centroid);
+            self.prefetch.note_changed(id);
+            let mut event = Self::lifecycle_event(LifecycleKind::Split, &child, at);
+            event.from = Some(parent_id);
+            self.record(event);
+            self.clusters.insert(id, child);
+            self.moved.insert(parent_id);
+        }
     }
 
     pub fn cluster(&self, id: ClusterId) -> Option<&MicroCluster> {
@@ -604,8 +644,10 @@ impl ClusterState {
             .collect();
         self.topics
             .rebuild(&items, h.topic_threshold, h.refine_rounds);
-        let vector_of: BTreeMap<ClusterId, &[f32]> =
-            vectors.iter().map(|(id, v, _)| (*id, v.as_slice())).collect();
+        let vector_of: BTreeMap<ClusterId, &[f32]> = vectors
+            .iter()
+            .map(|(id, v, _)| (*id, v.as_slice()))
+            .collect();
 
         // Topic centroids: the conversation-weighted mean of their micro-clusters' centroids.
         let mut topic_sums: BTreeMap<u64, (Vec<f64>, f64)> = BTreeMap::new();
@@ -922,7 +964,7 @@ pub(crate) mod tests {
         );
         assert_eq!(events[1].conversations, Some(1));
         assert_eq!(s.live_clusters(), 1);
-        assert_eq!(s.lifecycle_totals()[2], (LifecycleKind::Died, 1));
+        assert_eq!(s.lifecycle_totals()[3], (LifecycleKind::Died, 1));
     }
 
     #[test]
@@ -1069,5 +1111,56 @@ pub(crate) mod tests {
         assert!(single.1.len() > 5, "several clusters form");
         assert_eq!(single, run(8));
         assert_eq!(single, run(64));
+    }
+
+    #[test]
+    fn a_cluster_whose_members_form_two_groups_splits_and_the_parent_keeps_its_id() {
+        let settings = ClusterSettings {
+            join_threshold: 0.62,
+            split_min_members: 10,
+            maintenance_every_events: 1_000_000,
+            ..ClusterSettings::default()
+        };
+        let mut s = ClusterState::new(settings, 2, "test");
+        // Founder at 0 degrees; then members at -30 and +30 degrees (one in three left): each is
+        // within the join threshold of the centroid, but the groups are 60 degrees apart
+        // (cos 0.5), too far to join each other.
+        s.assign(0, &meta("c0", "a0", 0), &summary("x"), &unit2(1.0, 0.0))
+            .unwrap();
+        let (left, right) = (unit2(0.866, -0.5), unit2(0.866, 0.5));
+        for i in 0..60 {
+            let v = if i % 3 == 0 { &left } else { &right };
+            let a = s
+                .assign(
+                    0,
+                    &meta(&format!("c{}", i + 1), &format!("a{i}"), i + 1),
+                    &summary("x"),
+                    v,
+                )
+                .unwrap();
+            assert_eq!(a.cluster_id(), Some(1), "everything joins the one cluster");
+        }
+        let events = s.maintain();
+        let split: Vec<_> = events
+            .iter()
+            .filter(|e| e.event == LifecycleKind::Split)
+            .collect();
+        assert_eq!(split.len(), 1, "{events:?}");
+        assert_eq!((split[0].cluster_id, split[0].from), (2, Some(1)));
+        assert_eq!(s.live_clusters(), 2);
+        // Nothing is counted twice: the parent keeps its history, the new cluster starts empty.
+        assert_eq!(s.cluster(1).unwrap().count, 61);
+        assert_eq!(s.cluster(2).unwrap().count, 0);
+        // The parent now stands for the larger (right) group, the new cluster for the left.
+        let next_left = s
+            .assign(0, &meta("n1", "z1", 100), &summary("x"), &left)
+            .unwrap();
+        let next_right = s
+            .assign(0, &meta("n2", "z2", 101), &summary("x"), &right)
+            .unwrap();
+        assert_eq!(
+            (next_left.cluster_id(), next_right.cluster_id()),
+            (Some(2), Some(1))
+        );
     }
 }
