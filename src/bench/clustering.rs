@@ -16,6 +16,7 @@ use rand::Rng;
 
 use super::synthetic::TopicSpace;
 use crate::cluster::index::{CentroidIndex, ExactScanIndex, HnswIndex};
+use crate::cluster::lifecycle::LifecycleKind;
 use crate::cluster::{Assignment, ClusterState};
 use crate::config::{ClusterSettings, IndexKind};
 use crate::event::EventMeta;
@@ -287,17 +288,40 @@ fn compare_with_bertopic(args: &ClusteringBenchArgs) -> anyhow::Result<()> {
     let mut events = EventMaker::new();
     let mut predicted = Vec::with_capacity(n);
     let started = Instant::now();
-    for (i, v) in vectors.chunks_exact(dimension).enumerate() {
-        let meta = events.meta(i as u64 % 50_000);
-        let id = match state.assign(0, &meta, &events.summary, v)? {
-            Assignment::Founded { cluster_id } | Assignment::Joined { cluster_id, .. } => {
-                cluster_id
+    // As the pipeline runs: waiting events prefetched 64 at a time, maintenance (merges,
+    // splits, archive) at its fixed points; merged or split ids are resolved afterwards.
+    let mut merged_into: std::collections::HashMap<u64, u64> = Default::default();
+    for (b, batch) in vectors.chunks(dimension * 64).enumerate() {
+        let refs: Vec<&[f32]> = batch.chunks_exact(dimension).collect();
+        state.prefetch(&refs);
+        for (j, v) in refs.iter().enumerate() {
+            let meta = events.meta((b * 64 + j) as u64 % 50_000);
+            let id = match state.assign(0, &meta, &events.summary, v)? {
+                Assignment::Founded { cluster_id } | Assignment::Joined { cluster_id, .. } => {
+                    cluster_id
+                }
+                Assignment::Duplicate => anyhow::bail!("synthetic conversation ids are unique"),
+            };
+            predicted.push(id);
+            if state.maintenance_due() {
+                for e in state.maintain() {
+                    if let (LifecycleKind::Merged, Some(into)) = (e.event, e.into) {
+                        merged_into.insert(e.cluster_id, into);
+                    }
+                }
             }
-            Assignment::Duplicate => anyhow::bail!("synthetic conversation ids are unique"),
-        };
-        predicted.push(id as u32);
+        }
     }
     let ours_seconds = started.elapsed().as_secs_f64();
+    let predicted: Vec<u32> = predicted
+        .into_iter()
+        .map(|mut id| {
+            while let Some(next) = merged_into.get(&id) {
+                id = *next;
+            }
+            id as u32
+        })
+        .collect();
     let ours = crate::eval::metrics::score(&labels, &predicted)?;
 
     let dir = tempfile_dir()?;
