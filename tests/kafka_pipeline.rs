@@ -293,13 +293,7 @@ async fn a_restarted_consumer_resumes_from_committed_offsets_without_double_coun
         committed_after_first >= 600 && committed_after_first < end,
         "first run committed {committed_after_first} of {end}"
     );
-    let first_ids: BTreeSet<String> = first_assignments
-        .0
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|a| a.conversation_id.clone())
-        .collect();
+    let first_ids = first_assignments.ids();
     assert_eq!(first_ids.len() as u64, first.state.clustered_events());
     assert_eq!(
         first_ids.len() as i64,
@@ -309,13 +303,7 @@ async fn a_restarted_consumer_resumes_from_committed_offsets_without_double_coun
 
     let remaining = end - committed_after_first;
     let (second, _, _, second_assignments) = run_until(&s, remaining as u64).await;
-    let second_ids: BTreeSet<String> = second_assignments
-        .0
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|a| a.conversation_id.clone())
-        .collect();
+    let second_ids = second_assignments.ids();
     assert!(
         first_ids.is_disjoint(&second_ids),
         "an event was counted by both runs"
@@ -383,20 +371,8 @@ async fn a_restart_resumes_clusters_and_offsets_from_the_snapshot() {
     let remaining = messages.len() - first_count;
     let (second, _, _, second_assignments) =
         run_until_metrics(&s, move |m| clustered(m) >= remaining as u64).await;
-    let first_ids: BTreeSet<String> = first_assignments
-        .0
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|a| a.conversation_id.clone())
-        .collect();
-    let second_ids: BTreeSet<String> = second_assignments
-        .0
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|a| a.conversation_id.clone())
-        .collect();
+    let first_ids = first_assignments.ids();
+    let second_ids = second_assignments.ids();
     assert!(
         first_ids.is_disjoint(&second_ids),
         "an event was counted twice"

@@ -5,6 +5,7 @@
 //! the vectors only need the geometry that matters to the index: well-separated centres in the
 //! embedding's dimension, and members close enough to join their centre's cluster.
 
+use crate::cluster::index::normalised;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -72,17 +73,6 @@ fn gaussian(rng: &mut ChaCha8Rng) -> f32 {
     let u1: f32 = rng.gen_range(f32::EPSILON..1.0);
     let u2: f32 = rng.gen();
     (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
-}
-
-fn normalised(mut v: Vec<f32>) -> Vec<f32> {
-    let norm = v
-        .iter()
-        .map(|x| x * x)
-        .sum::<f32>()
-        .sqrt()
-        .max(f32::MIN_POSITIVE);
-    v.iter_mut().for_each(|x| *x /= norm);
-    v
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use serde::{Deserialize, Serialize};
 
 use super::distinct::DistinctCounter;
+use super::index::normalised;
 use super::template::TemplateTally;
 use super::ClusterId;
 use crate::event::EventMeta;
@@ -114,16 +115,6 @@ fn cosine_to_sum(sum: &[f32], unit: &[f32]) -> f32 {
     }
 }
 
-fn normalised(sum: &[f32]) -> Vec<f32> {
-    let norm = sum
-        .iter()
-        .map(|x| x * x)
-        .sum::<f32>()
-        .sqrt()
-        .max(f32::MIN_POSITIVE);
-    sum.iter().map(|x| x / norm).collect()
-}
-
 impl MicroCluster {
     pub fn found(
         id: ClusterId,
@@ -133,15 +124,34 @@ impl MicroCluster {
         distinct_cap: usize,
         reservoir_size: usize,
     ) -> Self {
-        let mut c = MicroCluster {
+        let mut c = MicroCluster::empty(
             id,
-            born_ms: meta.event_time_ms,
-            last_seen_ms: meta.event_time_ms,
+            meta.event_time_ms,
+            vector.to_vec(),
+            distinct_cap,
+            reservoir_size,
+        );
+        c.absorb(meta, summary, vector, 1.0, 0);
+        c
+    }
+
+    /// A cluster with no members yet, pointing at `centroid`.
+    fn empty(
+        id: ClusterId,
+        at_ms: i64,
+        centroid: Vec<f32>,
+        distinct_cap: usize,
+        reservoir_size: usize,
+    ) -> Self {
+        MicroCluster {
+            id,
+            born_ms: at_ms,
+            last_seen_ms: at_ms,
             count: 0,
             weight: 0.0,
-            decayed_at_ms: meta.event_time_ms,
-            sum: vec![0.0; vector.len()],
-            centroid: vector.to_vec(),
+            decayed_at_ms: at_ms,
+            sum: vec![0.0; centroid.len()],
+            centroid,
             similarity_sum: 0.0,
             accounts: DistinctCounter::new(distinct_cap),
             orgs: DistinctCounter::new(distinct_cap),
@@ -155,9 +165,7 @@ impl MicroCluster {
             reservoir: Reservoir::new(reservoir_size),
             templates: TemplateTally::default(),
             probe: None,
-        };
-        c.absorb(meta, summary, vector, 1.0, 0);
-        c
+        }
     }
 
     /// Starts watching for a split once the cluster has `from_members` members (0: never).
@@ -176,7 +184,10 @@ impl MicroCluster {
         if probe.members.iter().any(|n| *n < min_members) {
             return None;
         }
-        let halves = [normalised(&probe.sums[0]), normalised(&probe.sums[1])];
+        let halves = [
+            normalised(probe.sums[0].clone()),
+            normalised(probe.sums[1].clone()),
+        ];
         let members = probe.members;
         self.probe = Some(SplitProbe::new(self.centroid.len()));
         if crate::cluster::index::dot(&halves[0], &halves[1]) >= max_cosine {
@@ -204,29 +215,16 @@ impl MicroCluster {
         at_ms: i64,
         parent: &MicroCluster,
     ) -> Self {
-        MicroCluster {
+        let mut c = MicroCluster::empty(
             id,
-            born_ms: at_ms,
-            last_seen_ms: at_ms,
-            count: 0,
-            weight,
-            decayed_at_ms: at_ms,
-            sum: centroid.iter().map(|x| x * weight as f32).collect(),
+            at_ms,
             centroid,
-            similarity_sum: 0.0,
-            accounts: DistinctCounter::new(parent.accounts.cap()),
-            orgs: DistinctCounter::new(parent.orgs.cap()),
-            surfaces: BTreeMap::new(),
-            languages: BTreeMap::new(),
-            tasks: BTreeMap::new(),
-            refused: 0,
-            classifier_flagged: 0,
-            concern_histogram: [0; 5],
-            recent: RecentJoins::default(),
-            reservoir: Reservoir::new(parent.reservoir.capacity),
-            templates: TemplateTally::default(),
-            probe: None,
-        }
+            parent.accounts.cap(),
+            parent.reservoir.capacity,
+        );
+        c.weight = weight;
+        c.sum = c.centroid.iter().map(|x| x * weight as f32).collect();
+        c
     }
 
     /// Brings the decayed sums forward to `at_ms` (never backwards).

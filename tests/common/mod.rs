@@ -192,6 +192,18 @@ impl AlertSink for CaptureAlerts {
 #[derive(Clone, Default)]
 pub struct CaptureAssignments(pub Arc<Mutex<Vec<AssignmentRecord>>>);
 
+impl CaptureAssignments {
+    /// The conversation ids captured so far.
+    pub fn ids(&self) -> std::collections::BTreeSet<String> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|a| a.conversation_id.clone())
+            .collect()
+    }
+}
+
 impl RecordSink<AssignmentRecord> for CaptureAssignments {
     fn write(&mut self, record: &AssignmentRecord) -> anyhow::Result<()> {
         self.0.lock().unwrap().push(record.clone());

@@ -157,6 +157,18 @@ unsafe fn dot_avx2_fma(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+/// `v` scaled to unit length (a zero vector stays zero).
+pub fn normalised(mut v: Vec<f32>) -> Vec<f32> {
+    let norm = v
+        .iter()
+        .map(|x| x * x)
+        .sum::<f32>()
+        .sqrt()
+        .max(f32::MIN_POSITIVE);
+    v.iter_mut().for_each(|x| *x /= norm);
+    v
+}
+
 /// Inserts `candidate` into `best` (sorted best first, at most `k` long) if it belongs there.
 #[inline]
 pub(crate) fn push_top_k(best: &mut Vec<(ClusterId, f32)>, candidate: (ClusterId, f32), k: usize) {
