@@ -1183,4 +1183,24 @@ pub(crate) mod tests {
             (Some(2), Some(1))
         );
     }
+
+    #[test]
+    fn snapshots_hold_no_account_or_conversation_id() {
+        let e = HashingEmbedder::new(64);
+        let mut s = ClusterState::new(ClusterSettings::default(), 64, e.id());
+        let v = e.embed_batch(&["a request".to_string()]).unwrap();
+        for i in 0..30 {
+            s.assign(
+                0,
+                &meta(&format!("conv-canary-{i}"), &format!("acct-canary-{i}"), i),
+                &summary("a request"),
+                &v[0],
+            )
+            .unwrap();
+        }
+        s.rebuild_hierarchy();
+        let bytes = crate::cluster::snapshot::encode(&s.to_snapshot("t", Default::default()));
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(!text.contains("canary"), "an id reached the snapshot");
+    }
 }
