@@ -24,6 +24,7 @@ pub struct Settings {
     pub limits: DecodeLimits,
     pub pipeline: PipelineSettings,
     pub summarizer: SummarizerSettings,
+    pub llm: crate::llm::LlmSettings,
     pub embedder: EmbedderSettings,
     pub cluster: ClusterSettings,
     pub detect: DetectSettings,
@@ -137,7 +138,8 @@ impl Default for PipelineSettings {
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SummarizerSettings {
-    /// `offline` is the only backend so far.
+    /// `offline` (rules, no model; the default) or `llm` (the model in `[llm]`, falling back to
+    /// offline whenever it cannot answer).
     pub kind: SummarizerKind,
     pub offline: OfflineSummarizerConfig,
 }
@@ -147,13 +149,15 @@ pub struct SummarizerSettings {
 pub enum SummarizerKind {
     #[default]
     Offline,
+    Llm,
 }
 
 /// Which embedder runs, and where its model lives.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EmbedderSettings {
-    /// `minilm` (all-MiniLM-L6-v2, the default) or `hashing` (feature hashing, for unit tests).
+    /// `minilm` (all-MiniLM-L6-v2, the default), `http` (an embedding service, see `[embedder.http]`)
+    /// or `hashing` (feature hashing, for unit tests).
     pub kind: EmbedderKind,
     /// Directory with `model.safetensors`, `tokenizer.json` and `config.json`
     /// (filled by `scripts/fetch-model.sh`). Relative paths resolve against the working directory.
@@ -162,6 +166,7 @@ pub struct EmbedderSettings {
     pub max_tokens: usize,
     /// Dimension of the feature-hashing embedder.
     pub hashing_dimension: usize,
+    pub http: crate::embed::http::HttpEmbedderSettings,
 }
 
 impl Default for EmbedderSettings {
@@ -171,6 +176,7 @@ impl Default for EmbedderSettings {
             model_dir: PathBuf::from("models/all-MiniLM-L6-v2"),
             max_tokens: 128,
             hashing_dimension: 256,
+            http: Default::default(),
         }
     }
 }
@@ -180,6 +186,7 @@ impl Default for EmbedderSettings {
 pub enum EmbedderKind {
     #[default]
     Minilm,
+    Http,
     Hashing,
 }
 

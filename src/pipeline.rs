@@ -22,7 +22,7 @@ use crate::cluster::{Assignment, ClusterId, ClusterState};
 use crate::config::Settings;
 use crate::decode::{self, DecodeError};
 use crate::detect::CoordinatedDetector;
-use crate::embed::Embedder;
+use crate::embed::{EmbedError, Embedder};
 use crate::event::EventMeta;
 use crate::export::Metrics;
 use crate::privacy::PrivacyGate;
@@ -490,11 +490,7 @@ async fn embed_with_isolation(
 ) -> Vec<Option<Vec<f32>>> {
     let n = texts.len();
     let started = Instant::now();
-    let result = {
-        let embedder = embedder.clone();
-        let texts = texts.clone();
-        tokio::task::spawn_blocking(move || embedder.embed_batch(&texts)).await
-    };
+    let result = embed_when_available(embedder.clone(), texts.clone(), metrics).await;
     let per_item = started.elapsed().as_secs_f64() / n as f64;
     match result {
         Ok(Ok(vectors)) if vectors.len() == n => {
@@ -520,14 +516,49 @@ async fn embed_with_isolation(
             }
             let mut out = Vec::with_capacity(n);
             for text in texts {
-                let embedder = embedder.clone();
-                let one = tokio::task::spawn_blocking(move || embedder.embed_batch(&[text])).await;
+                let one = embed_when_available(embedder.clone(), vec![text], metrics).await;
                 out.push(match one {
                     Ok(Ok(mut v)) if v.len() == 1 => v.pop(),
                     _ => None,
                 });
             }
             out
+        }
+    }
+}
+
+/// Longest wait between tries while the embedding service is unavailable.
+const EMBED_UNAVAILABLE_MAX_WAIT: Duration = Duration::from_secs(30);
+
+/// Runs the embedder off the async runtime. While it reports [`EmbedError::Unavailable`] (a remote
+/// service down, its breaker open) the batch is held and tried again with growing waits: the
+/// events are delayed, never dropped, and the held batch backs the source up through the bounded
+/// channels, so nothing is acknowledged meanwhile.
+async fn embed_when_available(
+    embedder: Arc<dyn Embedder>,
+    texts: Vec<String>,
+    metrics: &Metrics,
+) -> Result<Result<Vec<Vec<f32>>, EmbedError>, tokio::task::JoinError> {
+    let mut wait = Duration::from_millis(250);
+    loop {
+        let result = {
+            let embedder = embedder.clone();
+            let texts = texts.clone();
+            tokio::task::spawn_blocking(move || embedder.embed_batch(&texts)).await
+        };
+        match result {
+            Ok(Err(EmbedError::Unavailable(detail))) => {
+                metrics.stage_errors.with_label_values(&["embed"]).inc();
+                tracing::warn!(
+                    error = %detail,
+                    retry_in_ms = wait.as_millis() as u64,
+                    texts = texts.len(),
+                    "embedding service unavailable; holding the batch (nothing is dropped)"
+                );
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(EMBED_UNAVAILABLE_MAX_WAIT);
+            }
+            other => return other,
         }
     }
 }

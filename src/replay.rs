@@ -71,9 +71,10 @@ pub async fn replay(
     if !input.exists() {
         anyhow::bail!("input file {} does not exist", input.display());
     }
+    let llm = crate::run::build_llm(&settings, &metrics)?;
     let embedder = match embedder {
         Some(e) => e,
-        None => crate::run::build_embedder(&settings).await?,
+        None => crate::run::build_embedder(&settings, &metrics).await?,
     };
     let mut alert_sinks = crate::run::configured_alert_sinks(&settings, &metrics)?;
     if let Some(path) = &outputs.alerts {
@@ -89,7 +90,7 @@ pub async fn replay(
         None => None,
     };
     let pipeline = Pipeline {
-        summarizer: crate::run::build_summarizer(&settings),
+        summarizer: crate::run::build_summarizer(&settings, llm.as_ref(), &metrics)?,
         embedder,
         dead_letter: Arc::new(FileDeadLetter::create(outputs.dead_letter.as_deref())?),
         acker: Arc::new(NoAck),

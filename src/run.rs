@@ -12,27 +12,61 @@ use crate::config::{Settings, SummarizerKind};
 use crate::embed::{self, Embedder};
 use crate::export::http::Health;
 use crate::export::Metrics;
+use crate::llm::LlmClient;
 use crate::pipeline::{AssignmentSink, Pipeline, PipelineReport, SnapshotPlan};
 use crate::shutdown::ShutdownTrigger;
 use crate::source::kafka::{KafkaDeadLetter, KafkaSource};
+use crate::summarize::llm::LlmSummarizer;
 use crate::summarize::offline::OfflineSummarizer;
 use crate::summarize::Summarizer;
 
-/// Builds the configured summarizer.
-pub fn build_summarizer(settings: &Settings) -> Arc<dyn Summarizer> {
-    match settings.summarizer.kind {
-        SummarizerKind::Offline => {
-            Arc::new(OfflineSummarizer::new(settings.summarizer.offline.clone()))
+/// The configured LLM client, shared by the summarizer, the auditor and the namer; `None` when
+/// `llm.endpoint` is empty.
+pub fn build_llm(settings: &Settings, metrics: &Metrics) -> anyhow::Result<Option<Arc<LlmClient>>> {
+    if !settings.llm.configured() {
+        if settings.summarizer.kind == SummarizerKind::Llm {
+            anyhow::bail!("summarizer.kind = \"llm\" needs an LLM: set llm.endpoint");
         }
+        return Ok(None);
     }
+    let client = LlmClient::new(&settings.llm, metrics.clone())?;
+    tracing::info!(
+        protocol = ?settings.llm.protocol,
+        model = %settings.llm.model,
+        "LLM configured"
+    );
+    Ok(Some(Arc::new(client)))
+}
+
+/// Builds the configured summarizer.
+pub fn build_summarizer(
+    settings: &Settings,
+    llm: Option<&Arc<LlmClient>>,
+    metrics: &Metrics,
+) -> anyhow::Result<Arc<dyn Summarizer>> {
+    let offline = OfflineSummarizer::new(settings.summarizer.offline.clone());
+    Ok(match (settings.summarizer.kind, llm) {
+        (SummarizerKind::Offline, _) => Arc::new(offline),
+        (SummarizerKind::Llm, Some(client)) => {
+            Arc::new(LlmSummarizer::new(client.clone(), offline, metrics.clone()))
+        }
+        (SummarizerKind::Llm, None) => {
+            anyhow::bail!("summarizer.kind = \"llm\" needs an LLM: set llm.endpoint")
+        }
+    })
 }
 
 /// Loads the configured embedder off the async runtime (model loading reads ~90 MB).
-pub async fn build_embedder(settings: &Settings) -> anyhow::Result<Arc<dyn Embedder>> {
+pub async fn build_embedder(
+    settings: &Settings,
+    metrics: &Metrics,
+) -> anyhow::Result<Arc<dyn Embedder>> {
     let embedder_settings = settings.embedder.clone();
-    let embedder = tokio::task::spawn_blocking(move || embed::from_settings(&embedder_settings))
-        .await
-        .map_err(|e| anyhow::anyhow!("embedder loading panicked: {e}"))??;
+    let metrics = metrics.clone();
+    let embedder =
+        tokio::task::spawn_blocking(move || embed::from_settings(&embedder_settings, &metrics))
+            .await
+            .map_err(|e| anyhow::anyhow!("embedder loading panicked: {e}"))??;
     tracing::info!(
         embedder = embedder.id(),
         dimension = embedder.dimension(),
@@ -158,9 +192,10 @@ pub async fn run_kafka(
         http_task = Some(task);
     }
 
+    let llm = build_llm(&settings, &metrics)?;
     let embedder = match options.embedder {
         Some(e) => e,
-        None => build_embedder(&settings).await?,
+        None => build_embedder(&settings, &metrics).await?,
     };
     let (snapshots, initial_state) =
         resume_from_snapshot(&settings, embedder.as_ref(), options.reset_clusters)?;
@@ -173,7 +208,7 @@ pub async fn run_kafka(
     alert_sinks.extend(options.extra_alert_sinks);
 
     let pipeline = Pipeline {
-        summarizer: build_summarizer(&settings),
+        summarizer: build_summarizer(&settings, llm.as_ref(), &metrics)?,
         embedder,
         dead_letter,
         acker: source.acker(metrics.clone()),

@@ -90,7 +90,7 @@ pub fn run(args: &ClusteringEvalArgs) -> anyhow::Result<()> {
         None => None,
     };
 
-    let embedder = crate::embed::from_settings(&settings.embedder)?;
+    let embedder = crate::embed::from_settings(&settings.embedder, &crate::export::Metrics::new())?;
     let dimension = embedder.dimension();
     let vectors = embed_cached(&*embedder, &texts, &args.input, &args.vector_cache)?;
 

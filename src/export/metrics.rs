@@ -62,6 +62,27 @@ pub struct Metrics {
     pub snapshot_bytes: IntGauge,
     pub offsets_stored: IntCounter,
     pub offset_store_failures: IntCounter,
+    /// Remote calls (LLM, embedding service) by `stage` and `status` (ok, failed).
+    pub remote_requests: IntCounterVec,
+    /// Failed remote attempts by `stage` and `reason` ([`crate::remote::FailureClass`]).
+    pub remote_failures: IntCounterVec,
+    pub remote_retries: IntCounterVec,
+    pub remote_duration: HistogramVec,
+    /// 0 closed, 1 half-open, 2 open; `stage` is the service: `llm` or `embed`.
+    pub remote_breaker_state: IntGaugeVec,
+    /// LLM tokens by `stage` (summarize, audit, name): input and output.
+    pub llm_input_tokens: IntCounterVec,
+    pub llm_output_tokens: IntCounterVec,
+    /// LLM summaries by `kind`: llm, cached, fallback (offline after the LLM failed).
+    pub summaries: IntCounterVec,
+    /// Summaries that fell back to the offline summarizer, by `reason`.
+    pub summarizer_fallbacks: IntCounterVec,
+    /// Labels refused by an auditor, by `reason`.
+    pub labels_audit_refused: IntCounterVec,
+    /// Cluster names produced by the LLM namer, by `status` (named, failed, refused).
+    pub cluster_names: IntCounterVec,
+    /// Investigation records written to the restricted topic.
+    pub investigation_records: IntCounter,
 }
 
 impl Metrics {
@@ -206,6 +227,96 @@ impl Metrics {
                 "clusterwatch_offset_store_failures_total",
                 "Offsets that could not be stored (e.g. the partition was revoked meanwhile)."
             )),
+            remote_requests: reg!(IntCounterVec::new(
+                Opts::new(
+                    "clusterwatch_remote_requests_total",
+                    "Requests to remote services (LLM, embedding service), by stage and status."
+                ),
+                &["stage", "status"]
+            )),
+            remote_failures: reg!(IntCounterVec::new(
+                Opts::new(
+                    "clusterwatch_remote_failures_total",
+                    "Failed remote attempts by stage and reason (rate_limited, server_error, \
+                     timeout, transport, bad_response, rejected, breaker_open)."
+                ),
+                &["stage", "reason"]
+            )),
+            remote_retries: reg!(IntCounterVec::new(
+                Opts::new(
+                    "clusterwatch_remote_retries_total",
+                    "Remote attempts retried after a backoff, by stage."
+                ),
+                &["stage"]
+            )),
+            remote_duration: reg!(HistogramVec::new(
+                HistogramOpts::new(
+                    "clusterwatch_remote_request_duration_seconds",
+                    "Latency of remote requests, by stage."
+                )
+                .buckets(vec![
+                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0
+                ]),
+                &["stage"]
+            )),
+            remote_breaker_state: reg!(IntGaugeVec::new(
+                Opts::new(
+                    "clusterwatch_remote_breaker_state",
+                    "Circuit breaker per remote service (stage llm or embed): 0 closed, 1 \
+                     half-open, 2 open."
+                ),
+                &["stage"]
+            )),
+            llm_input_tokens: reg!(IntCounterVec::new(
+                Opts::new(
+                    "clusterwatch_llm_input_tokens_total",
+                    "Prompt tokens sent to the LLM, by stage, as the API reports them."
+                ),
+                &["stage"]
+            )),
+            llm_output_tokens: reg!(IntCounterVec::new(
+                Opts::new(
+                    "clusterwatch_llm_output_tokens_total",
+                    "Completion tokens received from the LLM, by stage, as the API reports them."
+                ),
+                &["stage"]
+            )),
+            summaries: reg!(IntCounterVec::new(
+                Opts::new(
+                    "clusterwatch_summaries_total",
+                    "Conversations summarized with an LLM configured, by kind: llm, cached (a \
+                     redelivery), fallback (offline after the LLM failed)."
+                ),
+                &["kind"]
+            )),
+            summarizer_fallbacks: reg!(IntCounterVec::new(
+                Opts::new(
+                    "clusterwatch_summarizer_fallbacks_total",
+                    "Summaries made by the offline summarizer because the LLM could not, by \
+                     reason (the last failure's class)."
+                ),
+                &["reason"]
+            )),
+            labels_audit_refused: reg!(IntCounterVec::new(
+                Opts::new(
+                    "clusterwatch_label_audit_refusals_total",
+                    "Labels and names refused by an auditor and replaced with a generic label, by \
+                     reason."
+                ),
+                &["reason"]
+            )),
+            cluster_names: reg!(IntCounterVec::new(
+                Opts::new(
+                    "clusterwatch_cluster_names_total",
+                    "LLM cluster naming attempts, by status: named, failed, refused (by the \
+                     auditor)."
+                ),
+                &["status"]
+            )),
+            investigation_records: reg!(IntCounter::new(
+                "clusterwatch_investigation_records_total",
+                "Records written to the restricted investigation topic (ids never leave it)."
+            )),
             registry,
         };
         let build_info = IntGaugeVec::new(
@@ -234,6 +345,9 @@ impl Metrics {
             metrics
                 .cluster_lifecycle
                 .with_label_values(&[kind.as_str()]);
+        }
+        for kind in ["llm", "cached", "fallback"] {
+            metrics.summaries.with_label_values(&[kind]);
         }
         metrics
     }

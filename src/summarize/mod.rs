@@ -7,6 +7,7 @@
 
 pub mod facets;
 pub mod language;
+pub mod llm;
 pub mod offline;
 pub mod refusal;
 pub mod scrub;

@@ -197,7 +197,7 @@ fn drop_cut_edge(scrubbed: &str) -> &str {
 }
 
 /// Collapses every run of whitespace to one space and trims the ends.
-fn collapse(text: &str) -> String {
+pub(crate) fn collapse(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for word in text.split_whitespace() {
         if !out.is_empty() {
@@ -210,7 +210,7 @@ fn collapse(text: &str) -> String {
 
 /// Cuts `text` to at most `max_chars` characters including the ellipsis, on a character boundary,
 /// preferring the last space in the second half of the allowance so words stay whole.
-fn truncate(text: &str, max_chars: usize) -> String {
+pub(crate) fn truncate(text: &str, max_chars: usize) -> String {
     if text.chars().count() <= max_chars {
         return text.to_string();
     }
