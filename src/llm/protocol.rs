@@ -171,9 +171,10 @@ pub fn parse_reply(protocol: Protocol, body: &[u8], prompt: &Prompt) -> Result<R
             // Servers that honour the instruction repeat the prefill; others (and those that
             // continue a trailing assistant turn) start after it.
             let trimmed = content.trim_start();
-            let text = if trimmed.starts_with(prompt.prefill.trim_start()) {
-                trimmed.to_string()
-            } else if trimmed.starts_with('{') || trimmed.starts_with("```") {
+            let complete = trimmed.starts_with(prompt.prefill.trim_start())
+                || trimmed.starts_with('{')
+                || trimmed.starts_with("```");
+            let text = if complete {
                 trimmed.to_string()
             } else {
                 format!("{}{}", prompt.prefill, content)
