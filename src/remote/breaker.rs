@@ -1,11 +1,17 @@
-//! A circuit breaker: stop calling a service that keeps failing, and let one probe find out when
-//! it is back.
+//! A circuit breaker: stop calling a service that is down, and let one probe find out when it is
+//! back.
 //!
-//! Closed → (N consecutive failed attempts) → Open → (open time passes) → HalfOpen, where exactly
-//! one request goes through: its success closes the breaker, its failure opens it again. While
-//! open, callers learn at once that the service is out, so the summarizer falls back instead of
-//! every event waiting out its own timeouts.
+//! Closed → (most of the last `window` attempts failed) → Open → (open time passes) → HalfOpen,
+//! where exactly one request goes through: its success closes the breaker, its failure opens it
+//! again. While open, callers learn at once that the service is out, so the summarizer falls back
+//! instead of every event waiting out its own timeouts.
+//!
+//! The trip condition is a failure *ratio* over a window, not a run of consecutive failures: with
+//! many requests in flight, a service failing a steady 30% of calls produces runs of five failures
+//! every few hundred calls, and retries already absorb that. An outage fails nearly everything and
+//! trips the ratio within one window.
 
+use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -29,16 +35,34 @@ impl BreakerState {
 
 #[derive(Debug)]
 enum Inner {
-    Closed { consecutive_failures: u32 },
-    Open { until: Instant },
-    HalfOpen { probe_in_flight: bool },
+    /// The outcomes of the last attempts, `true` for a failure.
+    Closed {
+        recent: VecDeque<bool>,
+    },
+    Open {
+        until: Instant,
+    },
+    HalfOpen {
+        probe_in_flight: bool,
+    },
+}
+
+/// When the breaker trips and for how long.
+#[derive(Debug, Clone, Copy)]
+pub struct TripPolicy {
+    /// Attempts the failure ratio is measured over (at least 1).
+    pub window: usize,
+    /// Share of the window that must have failed, in (0, 1].
+    pub failure_ratio: f64,
+    pub open_for: Duration,
 }
 
 /// See the module docs. Shared by every caller of one service.
 #[derive(Debug)]
 pub struct CircuitBreaker {
-    failures_to_open: u32,
-    open_for: Duration,
+    policy: TripPolicy,
+    /// Failures in a full window that trip the breaker.
+    failures_to_trip: usize,
     inner: Mutex<Inner>,
 }
 
@@ -49,14 +73,28 @@ pub struct Admission {
     probe: bool,
 }
 
+fn closed() -> Inner {
+    Inner::Closed {
+        recent: VecDeque::new(),
+    }
+}
+
 impl CircuitBreaker {
-    pub fn new(failures_to_open: u32, open_for: Duration) -> Self {
+    pub fn new(policy: TripPolicy) -> Self {
+        let window = policy.window.max(1);
+        let ratio = if policy.failure_ratio > 0.0 && policy.failure_ratio <= 1.0 {
+            policy.failure_ratio
+        } else {
+            1.0
+        };
         CircuitBreaker {
-            failures_to_open: failures_to_open.max(1),
-            open_for,
-            inner: Mutex::new(Inner::Closed {
-                consecutive_failures: 0,
-            }),
+            failures_to_trip: ((window as f64 * ratio).ceil() as usize).clamp(1, window),
+            policy: TripPolicy {
+                window,
+                failure_ratio: ratio,
+                ..policy
+            },
+            inner: Mutex::new(closed()),
         }
     }
 
@@ -92,33 +130,24 @@ impl CircuitBreaker {
     fn record_at(&self, admission: Admission, success: bool, now: Instant) {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let open = Inner::Open {
-            until: now + self.open_for,
+            until: now + self.policy.open_for,
         };
-        match (&mut *inner, success) {
-            (Inner::Closed { .. }, true) => {
-                *inner = Inner::Closed {
-                    consecutive_failures: 0,
+        match &mut *inner {
+            Inner::Closed { recent } => {
+                recent.push_back(!success);
+                if recent.len() > self.policy.window {
+                    recent.pop_front();
                 }
-            }
-            (
-                Inner::Closed {
-                    consecutive_failures,
-                },
-                false,
-            ) => {
-                *consecutive_failures += 1;
-                if *consecutive_failures >= self.failures_to_open {
+                let failures = recent.iter().filter(|f| **f).count();
+                if recent.len() == self.policy.window && failures >= self.failures_to_trip {
                     *inner = open;
                 }
             }
             // Only the probe's outcome moves a half-open breaker; a straggler admitted before the
             // breaker opened says nothing about the service now.
-            (Inner::HalfOpen { .. }, true) if admission.probe => {
-                *inner = Inner::Closed {
-                    consecutive_failures: 0,
-                }
+            Inner::HalfOpen { .. } if admission.probe => {
+                *inner = if success { closed() } else { open };
             }
-            (Inner::HalfOpen { .. }, false) if admission.probe => *inner = open,
             _ => {}
         }
     }
@@ -137,21 +166,30 @@ impl CircuitBreaker {
 mod tests {
     use super::*;
 
+    fn breaker(window: usize, ratio: f64) -> CircuitBreaker {
+        CircuitBreaker::new(TripPolicy {
+            window,
+            failure_ratio: ratio,
+            open_for: Duration::from_secs(10),
+        })
+    }
+
+    fn attempt(b: &CircuitBreaker, at: Instant, success: bool) {
+        let a = b.admit_at(at).expect("admitted");
+        b.record_at(a, success, at);
+    }
+
     #[test]
-    fn opens_after_consecutive_failures_and_recovers_through_one_probe() {
-        let b = CircuitBreaker::new(3, Duration::from_secs(10));
+    fn trips_on_a_failure_ratio_and_recovers_through_one_probe() {
+        let b = breaker(4, 0.75);
         let t0 = Instant::now();
-        for _ in 0..2 {
-            let a = b.admit_at(t0).expect("closed");
-            b.record_at(a, false, t0);
+        // 2 of 4 failed: below the ratio.
+        for ok in [false, true, false, true] {
+            attempt(&b, t0, ok);
         }
-        // A success in between resets the count.
-        let a = b.admit_at(t0).unwrap();
-        b.record_at(a, true, t0);
-        for _ in 0..3 {
-            let a = b.admit_at(t0).expect("closed");
-            b.record_at(a, false, t0);
-        }
+        assert_eq!(b.state(), BreakerState::Closed);
+        // The window slides: 3 of the last 4 failed.
+        attempt(&b, t0, false);
         assert!(b.admit_at(t0 + Duration::from_secs(5)).is_none(), "open");
         let probe = b
             .admit_at(t0 + Duration::from_secs(11))
@@ -168,5 +206,22 @@ mod tests {
         let probe = b.admit_at(t0 + Duration::from_secs(22)).expect("probe");
         b.record_at(probe, true, t0 + Duration::from_secs(22));
         assert!(b.admit_at(t0 + Duration::from_secs(22)).is_some(), "closed");
+        // A fresh window after closing: three failures are not yet a full window.
+        for _ in 0..3 {
+            attempt(&b, t0 + Duration::from_secs(23), false);
+        }
+        assert!(b.admit_at(t0 + Duration::from_secs(23)).is_some());
+    }
+
+    #[test]
+    fn a_steady_thirty_percent_failure_rate_does_not_trip_a_twenty_call_window_at_eighty_percent() {
+        use rand::{Rng, SeedableRng};
+        let b = breaker(20, 0.8);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        let t0 = Instant::now();
+        for _ in 0..100_000 {
+            attempt(&b, t0, !rng.gen_bool(0.3));
+        }
+        assert_eq!(b.state(), BreakerState::Closed);
     }
 }

@@ -35,8 +35,11 @@ pub struct RemoteSettings {
     pub backoff_max_ms: u64,
     /// Longest `Retry-After` honoured, in milliseconds; a server asking for more gets this. 60000.
     pub retry_after_max_ms: u64,
-    /// Consecutive failed attempts that open the circuit breaker. 5.
-    pub breaker_failures: u32,
+    /// The circuit breaker watches this many most recent attempts. 20.
+    pub breaker_window: usize,
+    /// It opens when this share of a full window failed. 0.8: a service failing a steady 30% of
+    /// calls stays in use (retries absorb it); an outage trips it within one window.
+    pub breaker_failure_ratio: f64,
     /// How long the breaker stays open before one probe request may test the service, in
     /// milliseconds. 30000.
     pub breaker_open_ms: u64,
@@ -51,7 +54,8 @@ impl Default for RemoteSettings {
             backoff_initial_ms: 200,
             backoff_max_ms: 10_000,
             retry_after_max_ms: 60_000,
-            breaker_failures: 5,
+            breaker_window: 20,
+            breaker_failure_ratio: 0.8,
             breaker_open_ms: 30_000,
         }
     }

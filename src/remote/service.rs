@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 
-use super::breaker::CircuitBreaker;
+use super::breaker::{CircuitBreaker, TripPolicy};
 use super::{backoff, FailureClass, RemoteSettings};
 use crate::export::Metrics;
 
@@ -47,10 +47,11 @@ impl RemoteService {
             .connect_timeout(Duration::from_millis(settings.timeout_ms.clamp(1, 10_000)))
             .user_agent(concat!("clusterwatch/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        let breaker = CircuitBreaker::new(
-            settings.breaker_failures,
-            Duration::from_millis(settings.breaker_open_ms),
-        );
+        let breaker = CircuitBreaker::new(TripPolicy {
+            window: settings.breaker_window,
+            failure_ratio: settings.breaker_failure_ratio,
+            open_for: Duration::from_millis(settings.breaker_open_ms),
+        });
         metrics
             .remote_breaker_state
             .with_label_values(&[name])

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod mock_ai;
+
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
