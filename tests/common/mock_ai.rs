@@ -144,12 +144,10 @@ fn roll(shared: &Shared, route: &'static str) -> (Option<Fault>, Duration) {
     let mut plan = shared.plan.lock().unwrap();
     let mut stats = shared.stats.lock().unwrap();
     *stats.requests.entry(route).or_default() += 1;
+    let rate = plan.failure_rate.clamp(0.0, 1.0);
     let fault = if plan.outage {
         Some(Fault::Unavailable)
-    } else if {
-        let rate = plan.failure_rate.clamp(0.0, 1.0);
-        plan.rng.gen_bool(rate)
-    } {
+    } else if plan.rng.gen_bool(rate) {
         Some(ALL_FAULTS[plan.rng.gen_range(0..ALL_FAULTS.len())])
     } else {
         None
