@@ -24,6 +24,7 @@ pub mod eval;
 pub mod event;
 pub mod export;
 pub mod llm;
+pub mod naming;
 pub mod pipeline;
 pub mod privacy;
 pub mod remote;

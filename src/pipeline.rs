@@ -102,6 +102,9 @@ pub struct Pipeline {
     pub metrics: Metrics,
     /// Where the cluster stage publishes the k-anonymous cluster view, if anyone reads it.
     pub view: Option<Arc<crate::export::view::ClusterView>>,
+    /// Names and audits labels with the LLM, when one is configured for that; labels then show
+    /// only once it has passed them.
+    pub namer: Option<crate::naming::Namer>,
     /// Replay mode: embed batches are always filled to `embed_batch_size` (or end of input), so
     /// batch composition — and with it every float — is independent of timing.
     pub deterministic_batches: bool,
@@ -167,6 +170,20 @@ impl Pipeline {
             state = state.with_background_index_builds();
         }
         state = state.with_join_window(self.settings.detect.coordinated.window_secs);
+        let (namer, namer_task) = match self.namer {
+            Some(namer) => {
+                state = state.with_llm_labels();
+                let (handle, task) = namer.spawn();
+                (
+                    Some(NamerLink {
+                        handle,
+                        in_flight: Default::default(),
+                    }),
+                    Some(task),
+                )
+            }
+            None => (None, None),
+        };
         let detector =
             CoordinatedDetector::new(self.settings.detect.coordinated.clone(), gate.clone());
         let cluster = {
@@ -187,6 +204,7 @@ impl Pipeline {
                 assignments: self.assignments,
                 lifecycle: self.lifecycle,
                 view: self.view.clone(),
+                namer,
             };
             let gate = gate.clone();
             tokio::task::spawn_blocking(move || {
@@ -214,6 +232,10 @@ impl Pipeline {
         let embed_result = embed.await;
         let cluster_result = cluster.await;
         let alerts_result = alerts.await;
+        if let Some(task) = namer_task {
+            // The cluster stage dropped its request sender, so the namer is finishing.
+            let _ = task.await;
+        }
 
         summarize_result.map_err(|e| anyhow::anyhow!("summarize stage panicked: {e}"))??;
         embed_result.map_err(|e| anyhow::anyhow!("embed stage panicked: {e}"))??;
@@ -569,6 +591,64 @@ struct ClusterOutputs {
     lifecycle: Option<Box<LifecycleSink>>,
     /// Where the k-anonymous cluster view is published, if anyone reads it.
     view: Option<Arc<crate::export::view::ClusterView>>,
+    namer: Option<NamerLink>,
+}
+
+/// Groups named per maintenance pass at most (each costs one or two model calls).
+const NAMING_PER_PASS: usize = 32;
+
+/// How long a finishing cluster stage waits for names still being made.
+const NAMING_DRAIN: Duration = Duration::from_secs(120);
+
+/// The cluster stage's link to the namer task.
+struct NamerLink {
+    handle: crate::naming::NamerHandle,
+    in_flight: std::collections::HashSet<crate::cluster::names::NameKey>,
+}
+
+impl NamerLink {
+    /// Stores the names that have come back.
+    fn collect(&mut self, state: &mut ClusterState) {
+        while let Ok(result) = self.handle.results.try_recv() {
+            self.in_flight.remove(&result.key);
+            state.record_name(&result);
+        }
+    }
+
+    /// Asks for names of up to `max` groups that want one; never blocks (a full queue means the
+    /// rest are asked for at a later pass).
+    fn request(&mut self, state: &ClusterState, gate: &PrivacyGate, max: usize) {
+        for request in state.naming_requests(gate, &self.in_flight, max) {
+            let key = request.key;
+            match self.handle.requests.try_send(request) {
+                Ok(()) => {
+                    self.in_flight.insert(key);
+                }
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// At the end of input: asks for every remaining name and waits (bounded) for the answers,
+    /// so a replay's final table carries them.
+    fn finish(&mut self, state: &mut ClusterState, gate: &PrivacyGate) {
+        let deadline = Instant::now() + NAMING_DRAIN;
+        loop {
+            self.collect(state);
+            self.request(state, gate, crate::naming::QUEUE);
+            if self.in_flight.is_empty() {
+                return;
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(
+                    waiting = self.in_flight.len(),
+                    "stopping with cluster names still being made"
+                );
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 impl ClusterOutputs {
@@ -677,6 +757,9 @@ fn cluster_stage(
         let Some(embedded) = waiting.pop_front() else {
             break;
         };
+        if let Some(namer) = outputs.namer.as_mut() {
+            namer.collect(&mut state);
+        }
         if let Some(feed) = partitions.as_mut() {
             // Every path below either finishes the event or ends the stage, so the previous
             // event is behind the stage by now.
@@ -763,12 +846,18 @@ fn cluster_stage(
             let events = state.maintain();
             metrics.observe_stage("maintain", started.elapsed().as_secs_f64());
             outputs.lifecycle(events, &mut detector, &gate, &metrics)?;
+            if let Some(namer) = outputs.namer.as_mut() {
+                namer.request(&state, &gate, NAMING_PER_PASS);
+            }
             update_gauges(&state, &detector, &gate, &metrics);
             publish_view(outputs.view.as_deref(), &state, &gate);
         }
     }
     let events = state.drain_lifecycle();
     outputs.lifecycle(events, &mut detector, &gate, &metrics)?;
+    if let Some(mut namer) = outputs.namer.take() {
+        namer.finish(&mut state, &gate);
+    }
     update_gauges(&state, &detector, &gate, &metrics);
     publish_view(outputs.view.as_deref(), &state, &gate);
     outputs.flush()?;

@@ -102,6 +102,9 @@ pub async fn replay(
         view: None,
         alert_sinks,
         metrics: metrics.clone(),
+        namer: llm
+            .as_ref()
+            .and_then(|client| crate::naming::Namer::new(client.clone(), metrics.clone())),
         deterministic_batches: true,
         settings: settings.clone(),
     };

@@ -220,6 +220,9 @@ pub async fn run_kafka(
         view: Some(view),
         alert_sinks,
         metrics: metrics.clone(),
+        namer: llm
+            .as_ref()
+            .and_then(|client| crate::naming::Namer::new(client.clone(), metrics.clone())),
         deterministic_batches: false,
         settings: settings.clone(),
     };

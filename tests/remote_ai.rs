@@ -365,3 +365,190 @@ async fn an_embedding_outage_holds_events_until_the_service_returns() {
             > 0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn clusters_topics_and_domains_get_contrastive_llm_names_that_passed_both_auditors() {
+    let mock = MockAi::start(13, DIMENSION).await;
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("events.jsonl");
+    let spec = TrafficSpec {
+        seed: 4,
+        organic_events: 1500,
+        duration_secs: 3600,
+        campaign: Some(traffic::CampaignSpec {
+            offset_secs: 20 * 60,
+            ..Default::default()
+        }),
+        invalid_events: 0,
+        duplicate_events: 0,
+        ..Default::default()
+    };
+    let mut lines = Vec::new();
+    for m in traffic::generate(&spec) {
+        lines.extend_from_slice(&m.payload);
+        lines.push(b'\n');
+    }
+    std::fs::write(&input, lines).unwrap();
+    let mut settings = remote_settings(&mock, Protocol::Anthropic, EmbeddingProtocol::Openai);
+    settings.llm.name_clusters = true;
+    settings.llm.audit_labels = true;
+    settings.cluster.hierarchy.rebuild_every_events = 500;
+    // Small gates so the organic clusters of this short stream are visible too.
+    settings.privacy.min_accounts = 5;
+    settings.privacy.min_conversations = 5;
+    let outputs = clusterwatch::replay::ReplayOutputs {
+        clusters: Some(dir.path().join("clusters.json")),
+        ..Default::default()
+    };
+    let metrics = Metrics::new();
+    clusterwatch::replay::replay(
+        settings,
+        &input,
+        &outputs,
+        metrics.clone(),
+        None,
+        Vec::new(),
+    )
+    .await
+    .unwrap();
+    let table: clusterwatch::export::clusters::ClusterTable =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("clusters.json")).unwrap())
+            .unwrap();
+    let generic = clusterwatch::privacy::GENERIC_LABEL;
+    assert!(
+        table.clusters.len() >= 3,
+        "visible clusters: {}",
+        table.clusters.len()
+    );
+    let named: Vec<_> = table
+        .clusters
+        .iter()
+        .filter(|r| r.description.is_some())
+        .collect();
+    eprintln!(
+        "{} visible clusters, {} with LLM names; names made {}, refused {}, failed {}",
+        table.clusters.len(),
+        named.len(),
+        metrics.cluster_names.with_label_values(&["named"]).get(),
+        metrics.cluster_names.with_label_values(&["refused"]).get(),
+        metrics.cluster_names.with_label_values(&["failed"]).get(),
+    );
+    assert!(!named.is_empty(), "some clusters carry LLM names");
+    for row in &table.clusters {
+        // With an LLM, a label is a name that passed both auditors, or the generic label — never
+        // an unaudited keyword label.
+        assert!(
+            row.label == generic || row.description.is_some(),
+            "unaudited label shown: {row:?}"
+        );
+        assert!(row.label.split_whitespace().count() <= 10);
+    }
+    assert!(
+        table.clusters.iter().any(|r| r
+            .topic_label
+            .as_deref()
+            .is_some_and(|l| l != generic && !l.contains('·'))),
+        "topics are named by the LLM"
+    );
+    assert!(
+        table.clusters.iter().any(|r| r
+            .domain_label
+            .as_deref()
+            .is_some_and(|l| l != generic && !l.contains('·'))),
+        "domains are named by the LLM"
+    );
+    assert!(metrics.llm_input_tokens.with_label_values(&["name"]).get() > 0);
+    assert!(metrics.llm_input_tokens.with_label_values(&["audit"]).get() > 0);
+    let prompts = mock.prompts.lock().unwrap().clone();
+    let naming: Vec<&String> = prompts
+        .iter()
+        .filter(|p| p.contains("<cluster_statements>"))
+        .collect();
+    assert!(!naming.is_empty());
+    for p in naming {
+        let section = |tag: &str| {
+            p.split(&format!("<{tag}>"))
+                .nth(1)
+                .and_then(|s| s.split(&format!("</{tag}>")).next())
+                .unwrap()
+                .lines()
+                .filter(|l| l.starts_with("- "))
+                .count()
+        };
+        assert!((1..=50).contains(&section("cluster_statements")));
+        assert!((1..=50).contains(&section("contrastive_statements")));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_auditors_refuse_identifying_names_and_count_them() {
+    use clusterwatch::cluster::names::{Level, NameKey, NamingOutcome, NamingRequest};
+    let mock = MockAi::start(17, DIMENSION).await;
+    let mut settings = remote_settings(&mock, Protocol::Openai, EmbeddingProtocol::Openai);
+    settings.llm.name_clusters = true;
+    settings.llm.audit_labels = true;
+    let metrics = Metrics::new();
+    let client = Arc::new(LlmClient::new(&settings.llm, metrics.clone()).unwrap());
+    let namer = clusterwatch::naming::Namer::new(client, metrics.clone()).unwrap();
+    let request = |id: u64, first: &str, vocabulary: &[&str]| NamingRequest {
+        key: NameKey {
+            level: Level::Cluster,
+            id,
+        },
+        count: 60,
+        inside: vec![first.to_string(), "another summary".into()],
+        outside: vec!["something else".into()],
+        keyword_label: "prize · notice".into(),
+        vocabulary: vocabulary.iter().map(|w| w.to_string()).collect(),
+    };
+    // The name the mock makes carries a proper noun the cluster's accounts did not use.
+    let r = namer
+        .name(request(
+            1,
+            "send prize notices from Quellmoor to customers",
+            &[],
+        ))
+        .await;
+    assert!(matches!(
+        r.outcome,
+        NamingOutcome::Refused(clusterwatch::privacy::LabelVerdict::RareProperNoun)
+    ));
+    // Common in the cluster, so the rules pass it; the LLM auditor rates it 2.
+    let r = namer
+        .name(request(
+            2,
+            "send prize notices from Zorblax to customers",
+            &["zorblax"],
+        ))
+        .await;
+    assert!(matches!(
+        r.outcome,
+        NamingOutcome::Refused(clusterwatch::privacy::LabelVerdict::LlmAuditor)
+    ));
+    let r = namer
+        .name(request(3, "plan a birthday party for children", &[]))
+        .await;
+    match r.outcome {
+        NamingOutcome::Named { name, description } => {
+            assert_eq!(name, "plan a birthday party for children");
+            assert!(description.unwrap().starts_with("Users asked"));
+        }
+        other => panic!("expected a name, got {other:?}"),
+    }
+    let refused = |reason: &str| {
+        metrics
+            .labels_audit_refused
+            .with_label_values(&[reason])
+            .get()
+    };
+    assert_eq!(
+        (refused("rare_proper_noun"), refused("llm_auditor")),
+        (1, 1)
+    );
+    assert_eq!(metrics.cluster_names.with_label_values(&["named"]).get(), 1);
+
+    // The model down: no name, asked again later; nothing is shown meanwhile.
+    mock.set_outage(true);
+    let r = namer.name(request(4, "plan a trip", &[])).await;
+    assert!(matches!(r.outcome, NamingOutcome::Unavailable));
+}

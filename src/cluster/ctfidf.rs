@@ -145,6 +145,15 @@ impl ClassTerms {
         terms
     }
 
+    /// Words at least `min_accounts` distinct accounts used in this class.
+    pub fn common_words(&self, min_accounts: usize) -> BTreeSet<String> {
+        self.counts
+            .iter()
+            .filter(|(_, (_, accounts))| accounts.len() >= min_accounts)
+            .map(|(w, _)| w.clone())
+            .collect()
+    }
+
     pub fn add(&mut self, item: &ReservoirItem) {
         for w in words(&item.request) {
             let entry = self.counts.entry(w).or_default();

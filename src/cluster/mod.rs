@@ -12,6 +12,7 @@ pub mod hierarchy;
 pub mod index;
 pub mod lifecycle;
 pub mod micro;
+pub mod names;
 pub mod partitions;
 pub mod snapshot;
 pub mod snapshotter;

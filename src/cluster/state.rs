@@ -17,10 +17,15 @@ use super::dedup::SeenConversations;
 use super::hierarchy::{LevelItem, TopicTracker};
 use super::index::{better_of, dot, CentroidIndex, ExactScanIndex, HnswIndex};
 use super::lifecycle::{LifecycleEvent, LifecycleKind};
-use super::micro::MicroCluster;
+use super::micro::{MicroCluster, ReservoirItem};
+use super::names::{
+    GroupName, Level, NameBook, NameKey, NamingRequest, NamingResult, CONTRAST_GROUPS,
+    SAMPLE_SUMMARIES,
+};
 use super::ClusterId;
 use crate::config::{ClusterSettings, IndexKind};
 use crate::event::EventMeta;
+use crate::privacy::{audit_name, shown_label, LabelVerdict, GENERIC_LABEL};
 use crate::summarize::Summary;
 
 /// What happened to one event.
@@ -83,6 +88,10 @@ pub struct ClusterState {
     prefetch: Prefetch,
     /// How much event time of joins each cluster keeps for the detectors' sliding windows.
     join_window_ms: i64,
+    /// Audited LLM names of clusters, topics and domains (see `names.rs`).
+    names: NameBook,
+    /// Labels are shown only once an LLM has named or audited them ([`Self::with_llm_labels`]).
+    llm_labels: bool,
 }
 
 /// Joins kept for detection windows unless the pipeline says otherwise: an hour.
@@ -220,7 +229,16 @@ impl ClusterState {
             moved: BTreeSet::new(),
             prefetch: Prefetch::default(),
             join_window_ms: DEFAULT_JOIN_WINDOW_MS,
+            names: NameBook::default(),
+            llm_labels: false,
         }
+    }
+
+    /// Show a group's label only once the LLM namer (or LLM auditor) has passed it; until then,
+    /// the generic label. The pipeline sets this when an LLM is configured for labels.
+    pub fn with_llm_labels(mut self) -> Self {
+        self.llm_labels = true;
+        self
     }
 
     /// Keep joins for detection windows of `secs` (the pipeline passes the detector's window).
@@ -452,6 +470,9 @@ impl ClusterState {
         self.archive_faded();
         self.merge_converged();
         self.split_diverged();
+        let clusters = &self.clusters;
+        self.names
+            .retain(|k| k.level != Level::Cluster || clusters.contains_key(&k.id));
         self.drain_lifecycle()
     }
 
@@ -719,6 +740,164 @@ impl ClusterState {
             .iter()
             .map(|(id, class)| (*id, self.term_weights.label(class)))
             .collect();
+        let (topics, domains) = (&self.topic_labels, &self.domain_labels);
+        self.names.retain(|k| match k.level {
+            Level::Cluster => true,
+            Level::Topic => topics.contains_key(&k.id),
+            Level::Domain => domains.contains_key(&k.id),
+        });
+    }
+
+    /// Requests to name (or rename) up to `max` groups that pass `gate` — micro-clusters first,
+    /// then topics and domains with a visible member — skipping those in `in_flight`. Largest
+    /// groups first, so a small budget goes where analysts look.
+    pub fn naming_requests(
+        &self,
+        gate: &crate::privacy::PrivacyGate,
+        in_flight: &std::collections::HashSet<NameKey>,
+        max: usize,
+    ) -> Vec<NamingRequest> {
+        let mut out = Vec::new();
+        for level in [Level::Cluster, Level::Topic, Level::Domain] {
+            if out.len() >= max {
+                break;
+            }
+            let groups = self.naming_groups(level);
+            let mut wanted: Vec<(u64, u64)> = groups
+                .iter()
+                .filter(|(_, members)| members.iter().any(|c| gate.admits(c)))
+                .map(|(id, members)| (*id, members.iter().map(|c| c.count).sum::<u64>()))
+                .filter(|(id, count)| {
+                    let key = NameKey { level, id: *id };
+                    !in_flight.contains(&key) && self.names.wants(key, *count)
+                })
+                .collect();
+            wanted.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+            wanted.truncate(max - out.len());
+            if wanted.is_empty() {
+                continue;
+            }
+            let centroids: Vec<(u64, Vec<f32>)> = groups
+                .iter()
+                .map(|(id, members)| (*id, group_centroid(members, self.dimension)))
+                .collect();
+            for (id, count) in wanted {
+                let members = &groups[&id];
+                let own = &centroids.iter().find(|(g, _)| *g == id).expect("listed").1;
+                let mut nearest: Vec<(f32, u64)> = centroids
+                    .iter()
+                    .filter(|(g, _)| *g != id)
+                    .map(|(g, c)| (super::index::dot(own, c), *g))
+                    .collect();
+                nearest.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+                let neighbours: Vec<&MicroCluster> = nearest
+                    .iter()
+                    .take(CONTRAST_GROUPS)
+                    .flat_map(|(_, g)| groups[g].iter().copied())
+                    .collect();
+                let inside_items = sample_items(members);
+                let keyword_label = match level {
+                    Level::Cluster => self.label_of(members[0]),
+                    Level::Topic => self.topic_label(id).unwrap_or_default().to_string(),
+                    Level::Domain => self.domain_label(id).unwrap_or_default().to_string(),
+                };
+                out.push(NamingRequest {
+                    key: NameKey { level, id },
+                    count,
+                    inside: inside_items.iter().map(|i| i.request.clone()).collect(),
+                    outside: sample_items(&neighbours)
+                        .iter()
+                        .map(|i| i.request.clone())
+                        .collect(),
+                    keyword_label,
+                    vocabulary: ClassTerms::of(inside_items.iter().copied())
+                        .common_words(super::ctfidf::MIN_ACCOUNTS_PER_WORD),
+                });
+            }
+        }
+        out
+    }
+
+    /// Groups of a level and their member micro-clusters.
+    fn naming_groups(&self, level: Level) -> BTreeMap<u64, Vec<&MicroCluster>> {
+        let mut groups: BTreeMap<u64, Vec<&MicroCluster>> = BTreeMap::new();
+        for c in self.clusters.values() {
+            let group = match level {
+                Level::Cluster => Some(c.id),
+                Level::Topic => self.topic_of(c.id),
+                Level::Domain => self.domain_of(c.id),
+            };
+            if let Some(g) = group {
+                groups.entry(g).or_default().push(c);
+            }
+        }
+        groups
+    }
+
+    /// Stores what the namer found.
+    pub fn record_name(&mut self, result: &NamingResult) {
+        self.names.record(result);
+    }
+
+    /// The label to show for `cluster`, its description, and the rule auditor's verdict (not
+    /// `Pass` only when a candidate label was refused now). With LLM labels, a cluster not yet
+    /// named shows the generic label.
+    pub fn shown_label_of(&self, cluster: &MicroCluster) -> (String, Option<String>, LabelVerdict) {
+        self.shown_group_label(
+            NameKey {
+                level: Level::Cluster,
+                id: cluster.id,
+            },
+            || self.label_of(cluster),
+        )
+    }
+
+    /// The label to show for topic `topic` (`None` before the first rebuild or for an unknown id).
+    pub fn shown_topic_label(&self, topic: u64) -> Option<String> {
+        let keyword = self.topic_label(topic)?.to_string();
+        let key = NameKey {
+            level: Level::Topic,
+            id: topic,
+        };
+        Some(self.shown_group_label(key, || keyword).0)
+    }
+
+    /// The label to show for domain `domain`.
+    pub fn shown_domain_label(&self, domain: u64) -> Option<String> {
+        let keyword = self.domain_label(domain)?.to_string();
+        let key = NameKey {
+            level: Level::Domain,
+            id: domain,
+        };
+        Some(self.shown_group_label(key, || keyword).0)
+    }
+
+    fn shown_group_label(
+        &self,
+        key: NameKey,
+        keyword: impl FnOnce() -> String,
+    ) -> (String, Option<String>, LabelVerdict) {
+        let generic = || GENERIC_LABEL.to_string();
+        match self.names.get(key) {
+            Some(GroupName {
+                name: Some(name),
+                description,
+                ..
+            }) => {
+                // Audited with the cluster's vocabulary when it was made; the pattern rules run
+                // again here as a last line.
+                match audit_name(name, &|_| true) {
+                    LabelVerdict::Pass => (name.clone(), description.clone(), LabelVerdict::Pass),
+                    verdict => (generic(), None, verdict),
+                }
+            }
+            Some(GroupName { name: None, .. }) => (generic(), None, LabelVerdict::Pass),
+            None if self.llm_labels => (generic(), None, LabelVerdict::Pass),
+            None => {
+                let (label, verdict) = shown_label(&keyword());
+                (label, None, verdict)
+            }
+        }
     }
 
     /// The micro-cluster centroids the hierarchy groups, with their weights (conversations).
@@ -816,6 +995,40 @@ impl ClusterState {
     pub fn dimension(&self) -> usize {
         self.dimension
     }
+}
+
+/// Up to [`SAMPLE_SUMMARIES`] reservoir items, taken round-robin across `members` so one big
+/// member cannot fill the sample.
+fn sample_items<'a>(members: &[&'a MicroCluster]) -> Vec<&'a ReservoirItem> {
+    let mut out = Vec::new();
+    let mut round = 0;
+    loop {
+        let mut any = false;
+        for m in members {
+            if let Some(item) = m.reservoir.items().get(round) {
+                any = true;
+                out.push(item);
+                if out.len() == SAMPLE_SUMMARIES {
+                    return out;
+                }
+            }
+        }
+        if !any {
+            return out;
+        }
+        round += 1;
+    }
+}
+
+/// The conversation-weighted mean centroid of `members`, normalised.
+fn group_centroid(members: &[&MicroCluster], dimension: usize) -> Vec<f32> {
+    let mut sum = vec![0f64; dimension];
+    for c in members {
+        for (s, x) in sum.iter_mut().zip(&c.centroid) {
+            *s += c.count as f64 * f64::from(*x);
+        }
+    }
+    super::hierarchy::unit(&sum)
 }
 
 #[cfg(test)]

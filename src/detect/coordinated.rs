@@ -21,7 +21,7 @@ use crate::alert::{
 };
 use crate::cluster::{ClusterId, ClusterState};
 use crate::config::CoordinatedSettings;
-use crate::privacy::{shown_label, LabelVerdict, PrivacyGate};
+use crate::privacy::{LabelVerdict, PrivacyGate};
 
 /// Clusters smaller than this are too noisy to describe "typical" tightness.
 const POPULATION_MIN_COUNT: u64 = 5;
@@ -202,7 +202,7 @@ impl CoordinatedDetector {
         let stats = evaluation.map(|e| e.stats).unwrap_or_else(empty_stats);
         let label = match state.cluster(id) {
             Some(c) => {
-                let (label, verdict) = shown_label(&state.label_of(c));
+                let (label, _, verdict) = state.shown_label_of(c);
                 if verdict != LabelVerdict::Pass {
                     self.labels_refused += 1;
                 }

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::alert::{format_event_time, round4};
 use crate::cluster::{ClusterId, ClusterState};
-use crate::privacy::{shown_label, PrivacyGate};
+use crate::privacy::PrivacyGate;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClusterTable {
@@ -32,7 +32,11 @@ pub struct Totals {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClusterRow {
     pub cluster_id: ClusterId,
+    /// The audited label: an LLM name when one is configured, c-TF-IDF keywords otherwise.
     pub label: String,
+    /// The LLM's two-sentence description, when the cluster has an audited LLM name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
     /// The cluster's topic and domain as of the last hierarchy rebuild, with their audited
     /// c-TF-IDF labels (null before the first rebuild).
     pub topic_id: Option<u64>,
@@ -64,17 +68,17 @@ impl ClusterTable {
                 hidden_conversations += c.count;
                 continue;
             }
-            let (label, _) = shown_label(&state.label_of(c));
+            let (label, description, _) = state.shown_label_of(c);
             let topic_id = state.topic_of(c.id);
             let domain_id = state.domain_of(c.id);
-            let audited = |l: Option<&str>| l.map(|l| shown_label(l).0);
             rows.push(ClusterRow {
                 cluster_id: c.id,
                 label,
+                description,
                 topic_id,
-                topic_label: audited(topic_id.and_then(|t| state.topic_label(t))),
+                topic_label: topic_id.and_then(|t| state.shown_topic_label(t)),
                 domain_id,
-                domain_label: audited(domain_id.and_then(|d| state.domain_label(d))),
+                domain_label: domain_id.and_then(|d| state.shown_domain_label(d)),
                 conversations: c.count,
                 accounts: c.accounts.count(),
                 orgs: c.orgs.count(),

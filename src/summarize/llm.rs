@@ -251,7 +251,7 @@ fn strip_prefix_ignore_case<'a>(text: &'a str, prefix: &str) -> Option<&'a str> 
 }
 
 /// Sentence count: terminators followed by whitespace and a capital or the end.
-fn sentences(text: &str) -> usize {
+pub(crate) fn sentences(text: &str) -> usize {
     let chars: Vec<char> = text.chars().collect();
     let mut count = 0;
     for (i, c) in chars.iter().enumerate() {

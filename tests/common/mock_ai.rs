@@ -235,19 +235,65 @@ fn first_user_line(prompt: &str) -> String {
         .to_string()
 }
 
-/// The leaky model's answer after the prefill: the user's words, echoed, made one sentence.
-fn echo_continuation(prompt: &str, valid: bool) -> String {
+/// A JSON string literal without its quotes.
+fn json_inner(text: &str) -> String {
+    let quoted = serde_json::to_string(text).unwrap();
+    quoted[1..quoted.len() - 1].to_string()
+}
+
+/// Text that marks a label the mock auditor rates as identifying (2); anything with a digit too.
+pub const AUDITOR_REFUSES: &str = "Zorblax";
+
+/// The whole answer the mock model gives to a clusterwatch prompt, by the prompt's kind:
+/// - a contrastive naming prompt: the first statement's first words as the name (leaky);
+/// - a privacy audit: 2 for text with a digit or [`AUDITOR_REFUSES`], 4 otherwise;
+/// - a summary: the user's first line, echoed (leaky).
+///
+/// `valid: false` gives an answer that parses but fails validation.
+fn full_answer(prompt: &str, valid: bool) -> String {
+    if let Some(statements) = prompt.split("<cluster_statements>").nth(1) {
+        let first = statements
+            .lines()
+            .find_map(|l| l.strip_prefix("- "))
+            .unwrap_or("do something");
+        let words: Vec<&str> = first.split_whitespace().take(6).collect();
+        let name = if valid {
+            words.join(" ")
+        } else {
+            "x ".repeat(14)
+        };
+        return format!(
+            "{{\"name\": \"{}\", \"description\": \"Users asked the assistant to {}. The requests were alike.\"}}",
+            json_inner(name.trim()),
+            json_inner(&words.join(" ").to_lowercase())
+        );
+    }
+    if let Some(text) = prompt.split("<text>").nth(1) {
+        let text = text.split("</text>").next().unwrap_or_default();
+        let rating = if !valid {
+            9
+        } else if text.chars().any(|c| c.is_ascii_digit()) || text.contains(AUDITOR_REFUSES) {
+            2
+        } else {
+            4
+        };
+        return format!("{{\"rating\": {rating}, \"reason\": \"mock\"}}");
+    }
     let echo: String = first_user_line(prompt)
         .replace(['.', '!', '?'], ",")
         .chars()
         .take(400)
         .collect();
-    let request = serde_json::to_string(&format!(" {}.", echo.to_lowercase_first())).unwrap();
     let concern = if valid { 1 } else { 9 };
     format!(
-        "{}, \"task\": \"other\", \"language\": \"en\", \"concern\": {concern}, \"refused\": false}}",
-        &request[1..]
+        "{{\"request\": \"The user's overall request for the assistant is to {}.\", \"task\": \"other\", \"language\": \"en\", \"concern\": {concern}, \"refused\": false}}",
+        json_inner(&echo.to_lowercase_first())
     )
+}
+
+/// The model's continuation of `prefill` (Anthropic prefill semantics).
+fn continuation(full: &str, prefill: &str) -> String {
+    full.strip_prefix(prefill).unwrap_or(full).to_string()
 }
 
 trait LowerFirst {
@@ -279,9 +325,16 @@ async fn anthropic(
         .as_str()
         .unwrap_or_default()
         .to_string();
+    let prefill = body["messages"][1]["content"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     shared.prompts.lock().unwrap().push(prompt.clone());
     let (fault, slow) = roll(&shared, ROUTE);
-    let continuation = echo_continuation(&prompt, fault != Some(Fault::WrongContent));
+    let continuation = continuation(
+        &full_answer(&prompt, fault != Some(Fault::WrongContent)),
+        &prefill,
+    );
     let answer = json!({
         "id": "msg_mock", "type": "message", "role": "assistant", "model": body["model"],
         "content": [{"type": "text", "text": continuation}],
@@ -314,10 +367,7 @@ async fn openai_chat(
         .to_string();
     shared.prompts.lock().unwrap().push(prompt.clone());
     let (fault, slow) = roll(&shared, ROUTE);
-    let content = format!(
-        "{{\"request\": \"The user's overall request for the assistant is to{}",
-        echo_continuation(&prompt, fault != Some(Fault::WrongContent))
-    );
+    let content = full_answer(&prompt, fault != Some(Fault::WrongContent));
     let answer = json!({
         "id": "chatcmpl-mock", "object": "chat.completion", "model": body["model"],
         "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
