@@ -105,6 +105,10 @@ pub struct ReplayArgs {
     /// Write one JSON line per rejected input line (line number and reason; never its text).
     #[arg(long)]
     pub dead_letter_out: Option<PathBuf>,
+    /// RESTRICTED, opt-in: write the conversation and account ids of flagged clusters' members
+    /// (the investigation output for Trust & Safety; see `investigation` in the config).
+    #[arg(long)]
+    pub investigation_out: Option<PathBuf>,
 }
 
 pub fn init_logging(format: &str) {
@@ -174,6 +178,7 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         clusters: args.clusters_out,
         lifecycle: args.lifecycle_out,
         dead_letter: args.dead_letter_out,
+        investigation: args.investigation_out,
     };
     let metrics = Metrics::new();
     let report = crate::replay::replay(

@@ -32,6 +32,7 @@ pub struct Settings {
     pub alerts: AlertSettings,
     pub http: HttpSettings,
     pub snapshot: SnapshotSettings,
+    pub investigation: crate::investigation::InvestigationSettings,
 }
 
 impl Settings {

@@ -63,6 +63,9 @@ pub struct EventMeta {
     pub classifier_flagged: bool,
     /// SimHash of the first user turn's skeleton ([`crate::cluster::template`]); 0 when unknown.
     pub template: u64,
+    /// The raw account id, kept only when the restricted investigation output is on
+    /// ([`crate::investigation`]); `None` otherwise.
+    pub restricted_account: Option<crate::investigation::RestrictedId>,
 }
 
 impl EventMeta {
@@ -77,6 +80,7 @@ impl EventMeta {
             surface: event.surface.clone(),
             classifier_flagged: !event.signals.classifier_flags.is_empty(),
             template: crate::cluster::template::fingerprint(event),
+            restricted_account: None,
         }
     }
 }

@@ -35,6 +35,9 @@ use crate::summarize::{Summarizer, Summary};
 const PREFETCH_BATCH: usize = 64;
 
 /// One message on its way through the stages.
+// Almost every message is `Summarized`; boxing it would add an allocation per event to save
+// memory only on the rare rejected one.
+#[allow(clippy::large_enum_variant)]
 enum Work {
     /// Rejected and dead-lettered: only its position remains, to be acknowledged in order.
     Skip { position: SourcePosition },
@@ -102,6 +105,8 @@ pub struct Pipeline {
     pub metrics: Metrics,
     /// Where the cluster stage publishes the k-anonymous cluster view, if anyone reads it.
     pub view: Option<Arc<crate::export::view::ClusterView>>,
+    /// The restricted investigation output (member ids of flagged clusters), when opted in.
+    pub investigation: Option<Box<crate::investigation::InvestigationSink>>,
     /// Names and audits labels with the LLM, when one is configured for that; labels then show
     /// only once it has passed them.
     pub namer: Option<crate::naming::Namer>,
@@ -142,6 +147,7 @@ impl Pipeline {
         let summarize = tokio::spawn(summarize_stage(
             input,
             summarized_tx,
+            self.investigation.is_some(),
             self.settings.clone(),
             self.summarizer.clone(),
             self.dead_letter.clone(),
@@ -205,6 +211,14 @@ impl Pipeline {
                 lifecycle: self.lifecycle,
                 view: self.view.clone(),
                 namer,
+                investigation: self.investigation.map(|sink| {
+                    (
+                        crate::investigation::InvestigationTracker::new(
+                            &self.settings.investigation,
+                        ),
+                        sink,
+                    )
+                }),
             };
             let gate = gate.clone();
             tokio::task::spawn_blocking(move || {
@@ -255,6 +269,7 @@ impl Pipeline {
 async fn summarize_stage(
     input: mpsc::Receiver<RawMessage>,
     output: mpsc::Sender<Work>,
+    keep_account_ids: bool,
     settings: Settings,
     summarizer: Arc<dyn Summarizer>,
     dead_letter: Arc<dyn DeadLetterSink>,
@@ -271,6 +286,7 @@ async fn summarize_stage(
             async move {
                 process_message(
                     message,
+                    keep_account_ids,
                     &limits,
                     summarizer.as_ref(),
                     dead_letter.as_ref(),
@@ -297,6 +313,7 @@ fn tokio_stream_from<T: Send + 'static>(
 
 async fn process_message(
     message: RawMessage,
+    keep_account_ids: bool,
     limits: &crate::config::DecodeLimits,
     summarizer: &dyn Summarizer,
     dead_letter: &dyn DeadLetterSink,
@@ -343,7 +360,12 @@ async fn process_message(
     metrics.observe_stage("summarize", started.elapsed().as_secs_f64());
     match summary {
         Ok(summary) => {
-            let meta = EventMeta::from_event(&decoded.event);
+            let mut meta = EventMeta::from_event(&decoded.event);
+            if keep_account_ids {
+                meta.restricted_account = Some(crate::investigation::RestrictedId::new(
+                    &decoded.event.account_id,
+                ));
+            }
             // `decoded` (the raw turns) is dropped here: nothing downstream sees text but the
             // scrubbed summary.
             drop(decoded);
@@ -592,6 +614,10 @@ struct ClusterOutputs {
     /// Where the k-anonymous cluster view is published, if anyone reads it.
     view: Option<Arc<crate::export::view::ClusterView>>,
     namer: Option<NamerLink>,
+    investigation: Option<(
+        crate::investigation::InvestigationTracker,
+        Box<crate::investigation::InvestigationSink>,
+    )>,
 }
 
 /// Groups named per maintenance pass at most (each costs one or two model calls).
@@ -669,6 +695,9 @@ impl ClusterOutputs {
             if let (LifecycleKind::Merged, Some(into)) = (event.event, event.into) {
                 detector.follow_merge(event.cluster_id, into);
             }
+            if let Some((tracker, _)) = self.investigation.as_mut() {
+                tracker.lifecycle(&event);
+            }
             if let Some(sink) = self.lifecycle.as_mut() {
                 sink.write(&gate.redact_lifecycle(&event))?;
             }
@@ -676,7 +705,30 @@ impl ClusterOutputs {
         Ok(())
     }
 
+    /// Records a join for the investigation output; writes it if the cluster is flagged.
+    fn investigation_join(&mut self, cluster: ClusterId, meta: &EventMeta) -> anyhow::Result<()> {
+        if let Some((tracker, sink)) = self.investigation.as_mut() {
+            if let Some(record) = tracker.joined(cluster, meta) {
+                sink.write(&record)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// An alert changed state: a newly flagged cluster's recent members go to the output.
+    fn investigation_alert(&mut self, alert: &AlertRecord) -> anyhow::Result<()> {
+        if let Some((tracker, sink)) = self.investigation.as_mut() {
+            for record in tracker.alert(alert) {
+                sink.write(&record)?;
+            }
+        }
+        Ok(())
+    }
+
     fn flush(&mut self) -> anyhow::Result<()> {
+        if let Some((_, sink)) = self.investigation.as_mut() {
+            sink.flush()?;
+        }
         if let Some(sink) = self.assignments.as_mut() {
             sink.flush()?;
         }
@@ -803,6 +855,7 @@ fn cluster_stage(
             .events_clustered
             .with_label_values(&[Metrics::surface_label(&meta.surface)])
             .inc();
+        outputs.investigation_join(touched, &meta)?;
         metrics
             .event_time_watermark
             .set(state.watermark_ms() as f64 / 1000.0);
@@ -812,6 +865,7 @@ fn cluster_stage(
         let records = detector.observe(&mut state, Some(touched), clock);
         metrics.observe_stage("detect", started.elapsed().as_secs_f64());
         for record in records {
+            outputs.investigation_alert(&record)?;
             if alerts.blocking_send(record).is_err() {
                 anyhow::bail!("alert stage stopped early");
             }
@@ -848,6 +902,9 @@ fn cluster_stage(
             outputs.lifecycle(events, &mut detector, &gate, &metrics)?;
             if let Some(namer) = outputs.namer.as_mut() {
                 namer.request(&state, &gate, NAMING_PER_PASS);
+            }
+            if let Some((_, sink)) = outputs.investigation.as_mut() {
+                sink.flush()?;
             }
             update_gauges(&state, &detector, &gate, &metrics);
             publish_view(outputs.view.as_deref(), &state, &gate);

@@ -28,6 +28,8 @@ pub struct ReplayOutputs {
     pub clusters: Option<PathBuf>,
     pub lifecycle: Option<PathBuf>,
     pub dead_letter: Option<PathBuf>,
+    /// Restricted: member ids of flagged clusters (`--investigation-out`). Opt-in.
+    pub investigation: Option<PathBuf>,
 }
 
 /// Writes one JSON line per record (`--assignments-out`, `--lifecycle-out`).
@@ -102,6 +104,10 @@ pub async fn replay(
         view: None,
         alert_sinks,
         metrics: metrics.clone(),
+        investigation: match &outputs.investigation {
+            Some(path) => Some(Box::new(JsonlRecords::create(path)?)),
+            None => None,
+        },
         namer: llm
             .as_ref()
             .and_then(|client| crate::naming::Namer::new(client.clone(), metrics.clone())),

@@ -220,6 +220,19 @@ pub async fn run_kafka(
         view: Some(view),
         alert_sinks,
         metrics: metrics.clone(),
+        investigation: if settings.investigation.enabled {
+            tracing::warn!(
+                topic = %settings.investigation.topic,
+                "restricted investigation output is ON: member ids of flagged clusters go to this topic"
+            );
+            Some(Box::new(crate::investigation::KafkaInvestigationSink::new(
+                &settings.kafka,
+                &settings.investigation,
+                metrics.clone(),
+            )?))
+        } else {
+            None
+        },
         namer: llm
             .as_ref()
             .and_then(|client| crate::naming::Namer::new(client.clone(), metrics.clone())),

@@ -402,3 +402,107 @@ async fn a_restart_resumes_clusters_and_offsets_from_the_snapshot() {
     );
     assert_eq!(committed, end);
 }
+
+/// Reads `expected` payloads of `topic` from the beginning.
+async fn read_payloads(bootstrap: &str, topic: &str, expected: usize) -> Vec<serde_json::Value> {
+    use rdkafka::config::ClientConfig;
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::message::Message;
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", unique("investigation-reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while out.len() < expected {
+        let m = tokio::time::timeout_at(deadline, consumer.recv())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {expected} records in {topic}", out.len()))
+            .expect("recv");
+        out.push(serde_json::from_slice(m.payload().unwrap_or_default()).expect("JSON record"));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_opt_in_investigation_topic_carries_flagged_members_and_no_other_output_does() {
+    let mut s = setup("investigation").await;
+    let investigation_topic = unique("investigation-restricted");
+    create_topics(&s.bootstrap, &[(&investigation_topic, 1)]).await;
+    s.settings.investigation.enabled = true;
+    s.settings.investigation.topic = investigation_topic.clone();
+    let spec = TrafficSpec {
+        seed: 31,
+        organic_events: 1500,
+        duration_secs: 3600,
+        campaign: Some(traffic::CampaignSpec {
+            offset_secs: 20 * 60,
+            ..Default::default()
+        }),
+        invalid_events: 0,
+        duplicate_events: 0,
+        ..Default::default()
+    };
+    let messages = traffic::generate(&spec);
+    let account_of = |m: &traffic::GeneratedMessage| {
+        serde_json::from_slice::<serde_json::Value>(&m.payload).unwrap()["account_id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let campaign_accounts: BTreeSet<String> = messages
+        .iter()
+        .filter(|m| m.kind == MessageKind::Campaign)
+        .map(account_of)
+        .collect();
+    let all_accounts: BTreeSet<String> = messages.iter().map(account_of).collect();
+    produce(&s.bootstrap, &s.topic, &messages).await;
+    let (report, metrics, alerts, _) = run_until(&s, messages.len() as u64).await;
+    let alerts = alerts.0.lock().unwrap().clone();
+    let firing: Vec<_> = alerts
+        .iter()
+        .filter(|a| a.status == AlertStatus::Firing)
+        .collect();
+    assert_eq!(firing.len(), 1, "the campaign fires once: {alerts:#?}");
+    let written = metrics.investigation_records.get() as usize;
+    assert!(written > 0, "records were delivered");
+    let records = read_payloads(&s.bootstrap, &investigation_topic, written).await;
+    let flagged = firing[0].cluster_id.unwrap();
+    let mut members = BTreeSet::new();
+    for r in &records {
+        assert_eq!(r["alert_id"], firing[0].alert_id.as_str());
+        assert_eq!(r["cluster_id"], flagged);
+        members.insert(r["account_id"].as_str().unwrap().to_string());
+    }
+    let from_campaign = members.intersection(&campaign_accounts).count();
+    eprintln!(
+        "investigation: {written} records, {} distinct accounts, {from_campaign} of {} campaign accounts",
+        members.len(),
+        campaign_accounts.len()
+    );
+    assert!(
+        from_campaign * 10 >= campaign_accounts.len() * 9,
+        "at least 90% of the campaign's accounts are named"
+    );
+    // The ids go nowhere else: not to metrics, alerts or the cluster table.
+    let elsewhere = format!(
+        "{}{}{}",
+        metrics.render(),
+        serde_json::to_string(&alerts).unwrap(),
+        serde_json::to_string(&clusterwatch::export::clusters::ClusterTable::build(
+            &report.state,
+            &report.gate
+        ))
+        .unwrap()
+    );
+    for account in &all_accounts {
+        assert!(
+            !elsewhere.contains(&format!("\"{account}\"")) && !elsewhere.contains(account.as_str()),
+            "{account} leaked"
+        );
+    }
+}

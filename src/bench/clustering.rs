@@ -168,6 +168,7 @@ impl EventMaker {
             surface: "chat".into(),
             classifier_flagged: false,
             template: 0,
+            restricted_account: None,
         }
     }
 }

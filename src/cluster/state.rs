@@ -1046,6 +1046,7 @@ pub(crate) mod tests {
             surface: "chat".into(),
             classifier_flagged: false,
             template: 0,
+            restricted_account: None,
         }
     }
 

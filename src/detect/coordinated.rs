@@ -367,6 +367,7 @@ mod tests {
                 surface: "chat".into(),
                 classifier_flagged: false,
                 template: 0,
+                restricted_account: None,
             };
             let summary = Summary {
                 request: text.into(),

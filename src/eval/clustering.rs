@@ -120,6 +120,7 @@ pub fn run(args: &ClusteringEvalArgs) -> anyhow::Result<()> {
             surface: "chat".into(),
             classifier_flagged: false,
             template: 0,
+            restricted_account: None,
         };
         micro[i] = match state.assign(0, &meta, &summary, row(i))? {
             Assignment::Founded { cluster_id } | Assignment::Joined { cluster_id, .. } => {

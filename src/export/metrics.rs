@@ -31,6 +31,7 @@ pub const STAGES: &[&str] = &[
     "detect",
     "dead_letter",
     "snapshot",
+    "investigation",
 ];
 
 #[derive(Clone)]
