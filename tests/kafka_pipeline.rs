@@ -506,3 +506,70 @@ async fn the_opt_in_investigation_topic_carries_flagged_members_and_no_other_out
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_different_embedder_is_refused_until_the_clusters_are_reset() {
+    let mut s = setup("embedder-change").await;
+    let snapshots = tempfile::tempdir().unwrap();
+    s.settings.snapshot.dir = snapshots.path().display().to_string();
+    let spec = TrafficSpec {
+        seed: 41,
+        organic_events: 200,
+        duration_secs: 600,
+        campaign: None,
+        invalid_events: 0,
+        duplicate_events: 0,
+        ..Default::default()
+    };
+    let messages = traffic::generate(&spec);
+    produce(&s.bootstrap, &s.topic, &messages).await;
+    // MiniLM builds the state and its snapshot…
+    // (The final snapshot is written as the run drains.)
+    let (report, _, _, _) = run_until_metrics(&s, |m| {
+        Metrics::counter_sum(&m.events_clustered) >= 200
+    })
+    .await;
+    assert_eq!(report.state.clustered_events(), 200);
+
+    // …then the deployment switches to an embedding service.
+    let mock = common::mock_ai::MockAi::start(1, 384).await;
+    let mut changed = s.settings.clone();
+    changed.embedder.kind = clusterwatch::config::EmbedderKind::Http;
+    changed.embedder.http.endpoint = mock.url();
+    changed.embedder.http.model = "another-model".into();
+    changed.embedder.http.dimension = 384;
+    let (trigger, _) = clusterwatch::shutdown::channel();
+    let refused = run_kafka(changed.clone(), trigger, RunOptions::default()).await;
+    let error = format!("{:#}", refused.err().expect("a different embedder is refused"));
+    assert!(
+        error.contains("--reset-clusters") && error.contains("http-openai:another-model:384"),
+        "the error says why and what to do: {error}"
+    );
+
+    // With --reset-clusters the old state is set aside and the new embedder starts afresh.
+    let (trigger, _) = clusterwatch::shutdown::channel();
+    let stopper = {
+        let trigger = trigger.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            trigger.trigger();
+        })
+    };
+    let report = run_kafka(
+        changed,
+        trigger,
+        RunOptions {
+            reset_clusters: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("starts after the reset");
+    stopper.await.unwrap();
+    assert_eq!(report.state.clustered_events(), 0, "nothing new to read");
+    let set_aside = std::fs::read_dir(snapshots.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .any(|e| e.file_name().to_string_lossy().contains(".reset-"));
+    assert!(set_aside, "the old snapshot is kept aside, not deleted");
+}

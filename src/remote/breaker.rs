@@ -188,7 +188,9 @@ mod tests {
             attempt(&b, t0, ok);
         }
         assert_eq!(b.state(), BreakerState::Closed);
-        // The window slides: 3 of the last 4 failed.
+        // The window slides: [ok, fail, ok, fail], then [fail, ok, fail, fail] trips.
+        attempt(&b, t0, false);
+        assert_eq!(b.state(), BreakerState::Closed);
         attempt(&b, t0, false);
         assert!(b.admit_at(t0 + Duration::from_secs(5)).is_none(), "open");
         let probe = b

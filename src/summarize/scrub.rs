@@ -22,8 +22,8 @@
 //! 2. URLs with a scheme or `www.`: a URL swallows whatever it contains (an embedded e-mail, an
 //!    `@handle`, digits in a path), so it must go first or its pieces would be redacted piecemeal
 //!    and the rest of the URL — often the personal part — would survive.
-//! 3. E-mails, before handles (`@example` inside an address is not a handle) and before bare-domain
-//!    URLs (the domain of `a@b.com/x`).
+//! 3. E-mails (also with a comma typed for a dot in the domain), before handles (`@example` inside
+//!    an address is not a handle) and before bare-domain URLs (the domain of `a@b.com/x`).
 //! 4. Bare-domain URLs with a path (`t.me/alice`): after e-mails, for the same reason.
 //! 5. Secrets (API keys, bearer tokens), UUIDs and long hex strings: they contain digit groups the
 //!    numeric passes would otherwise chew into fragments.
@@ -171,6 +171,7 @@ fn redact(text: &str) -> String {
     let mut s = rewrite(text, &URL_SCHEME_RE, |_, c| whole(c, URL));
     s = rewrite(&s, &EMAIL_RE, |_, c| whole(c, EMAIL));
     s = rewrite(&s, &EMAIL_OBFUSCATED_RE, |_, c| whole(c, EMAIL));
+    s = rewrite(&s, &EMAIL_COMMA_RE, |_, c| whole(c, EMAIL));
     s = rewrite(&s, &URL_BARE_RE, decide_bare_url);
     s = rewrite(&s, &SECRET_RE, |_, c| whole(c, SECRET));
     s = rewrite(&s, &BEARER_RE, |_, c| group(c, "tok", SECRET));
@@ -311,6 +312,16 @@ static EMAIL_RE: LazyLock<Regex> = LazyLock::new(|| {
 static EMAIL_OBFUSCATED_RE: LazyLock<Regex> = LazyLock::new(|| {
     compile(
         r"(?i)\b[\p{L}\p{N}._%+\-]+\s*[\[(\{]\s*at\s*[\])\}]\s*[\p{L}\p{N}\-]+(?:\s*(?:[\[(\{]\s*dot\s*[\])\}]|\.)\s*[\p{L}\p{N}\-]+)+",
+    )
+});
+
+/// `alice@gmail,com`: a comma typed for a dot in the domain (a phone-keyboard slip, or a model
+/// rewriting punctuation in what it repeats) still gives the address away. It runs after
+/// [`EMAIL_RE`], so proper addresses in a list (`a@b.com,c@d.org`) are already placeholders and
+/// stay two; a separator must be followed directly by a label, so `me@home, then` is not one.
+static EMAIL_COMMA_RE: LazyLock<Regex> = LazyLock::new(|| {
+    compile(
+        r"[\p{L}\p{N}._%+\-']*[\p{L}\p{N}_%+\-]@(?:[\p{L}\p{N}](?:[\p{L}\p{N}\-]{0,61}[\p{L}\p{N}])?[.,])+\p{L}{2,63}\b",
     )
 });
 
@@ -814,8 +825,9 @@ static NAME_RES: LazyLock<Vec<Regex>> = LazyLock::new(|| {
             r"(?i:\b(?:my (?:full )?name is|my name's|je m['’]appelle|ich hei(?:ß|ss)e|mein name ist|me llamo|mi nombre es|mi chiamo|il mio nome è|meu nome é|me chamo|mijn naam is|ik heet|jeg heter|jag heter|mit navn er|меня зовут|benim adım|nama saya)\s+)(?P<n>{n}|\p{{Ll}}[\p{{L}}'’\-]+)"
         )),
         compile(r"(?:我叫|我的名字是|私の名前は)(?P<n>\p{Han}{2,3})"),
-        // "I'm X" / "I am X" only when X is capitalised: "I'm going" is not a name.
-        compile(&format!(r"\bI(?:['’]m|[ ]am)[ ]+(?P<n>{n})")),
+        // "I'm X" / "I am X" only when X is capitalised: "I'm going" is not a name. People type
+        // "i'm" in lower case as often as not, and the name after it is still capitalised.
+        compile(&format!(r"(?i:\bi(?:['’]m|[ ]am))[ ]+(?P<n>{n})")),
         // "this is X" only when followed by the end of a clause or a typical continuation
         // ("from accounting", "here"), which keeps "this is Python code" out.
         compile(&format!(
@@ -1080,6 +1092,7 @@ mod tests {
             &*URL_SCHEME_RE,
             &*EMAIL_RE,
             &*EMAIL_OBFUSCATED_RE,
+            &*EMAIL_COMMA_RE,
             &*URL_BARE_RE,
             &*SECRET_RE,
             &*BEARER_RE,
@@ -1123,6 +1136,20 @@ mod tests {
         assert_eq!(scrub("Contact: bob@example.com."), "Contact: [EMAIL].");
         // the domain of an e-mail must not be reported as a handle
         assert_eq!(scrub("x@example.com"), EMAIL);
+    }
+
+    #[test]
+    fn email_with_a_comma_for_a_dot() {
+        assert_gone(
+            "reply to qxmail0700canary@example,org or call",
+            "qxmail0700canary",
+            EMAIL,
+        );
+        assert_eq!(scrub("x.y@mail,example,co,uk."), "[EMAIL].");
+        assert_eq!(scrub("mixed z@mail,example.com ok"), "mixed [EMAIL] ok");
+        // Proper addresses in a comma-separated list stay two.
+        assert_eq!(scrub("a@b.com,c@d.org"), "[EMAIL],[EMAIL]");
+        assert_untouched("meet me@home, then at work");
     }
 
     #[test]
@@ -1364,6 +1391,27 @@ mod tests {
             ("Thanks, J. Doe", "Thanks, [NAME]"),
         ] {
             assert_eq!(scrub(input), expected, "input {input:?}");
+        }
+    }
+
+    #[test]
+    fn names_after_a_lowercase_i() {
+        assert_eq!(
+            scrub("hi, i'm Anna Kowalska, a student"),
+            "hi, i'm [NAME], a student"
+        );
+        assert_eq!(
+            scrub("i am Maria and I need a loan"),
+            "i am [NAME] and I need a loan"
+        );
+        assert_eq!(scrub("i’m Łukasz"), "i’m [NAME]");
+        for s in [
+            "i'm going to the store",
+            "i am not sure",
+            "i'm Sorry",
+            "hi am Bob",
+        ] {
+            assert_untouched(s);
         }
     }
 
