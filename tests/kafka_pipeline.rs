@@ -525,10 +525,8 @@ async fn a_different_embedder_is_refused_until_the_clusters_are_reset() {
     produce(&s.bootstrap, &s.topic, &messages).await;
     // MiniLM builds the state and its snapshot…
     // (The final snapshot is written as the run drains.)
-    let (report, _, _, _) = run_until_metrics(&s, |m| {
-        Metrics::counter_sum(&m.events_clustered) >= 200
-    })
-    .await;
+    let (report, _, _, _) =
+        run_until_metrics(&s, |m| Metrics::counter_sum(&m.events_clustered) >= 200).await;
     assert_eq!(report.state.clustered_events(), 200);
 
     // …then the deployment switches to an embedding service.
@@ -540,7 +538,10 @@ async fn a_different_embedder_is_refused_until_the_clusters_are_reset() {
     changed.embedder.http.dimension = 384;
     let (trigger, _) = clusterwatch::shutdown::channel();
     let refused = run_kafka(changed.clone(), trigger, RunOptions::default()).await;
-    let error = format!("{:#}", refused.err().expect("a different embedder is refused"));
+    let error = format!(
+        "{:#}",
+        refused.err().expect("a different embedder is refused")
+    );
     assert!(
         error.contains("--reset-clusters") && error.contains("http-openai:another-model:384"),
         "the error says why and what to do: {error}"

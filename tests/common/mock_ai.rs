@@ -279,11 +279,20 @@ fn full_answer(prompt: &str, valid: bool) -> String {
         };
         return format!("{{\"rating\": {rating}, \"reason\": \"mock\"}}");
     }
+    // One sentence: sentence ends become commas, while dots inside tokens (e-mail addresses, IP
+    // addresses, decimals) come back as the user wrote them, as a leaky model would repeat them.
     let echo: String = first_user_line(prompt)
-        .replace(['.', '!', '?'], ",")
-        .chars()
-        .take(400)
-        .collect();
+        .replace(". ", ", ")
+        .replace("! ", ", ")
+        .replace("? ", ", ")
+        .trim_end_matches(['.', '!', '?'])
+        .split_whitespace()
+        .scan(0usize, |len, word| {
+            *len += word.len() + 1;
+            (*len <= 400).then_some(word)
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
     let concern = if valid { 1 } else { 9 };
     format!(
         "{{\"request\": \"The user's overall request for the assistant is to {}.\", \"task\": \"other\", \"language\": \"en\", \"concern\": {concern}, \"refused\": false}}",
