@@ -218,16 +218,8 @@ impl KafkaInvestigationSink {
         settings: &InvestigationSettings,
         metrics: crate::export::Metrics,
     ) -> anyhow::Result<Self> {
-        let mut config = rdkafka::ClientConfig::new();
-        config
-            .set("bootstrap.servers", &kafka.bootstrap_servers)
-            .set("enable.idempotence", "true")
-            .set("message.timeout.ms", "30000");
-        for (k, v) in &kafka.extra {
-            config.set(k, v);
-        }
         Ok(KafkaInvestigationSink {
-            producer: config
+            producer: crate::source::kafka::idempotent_producer(kafka)
                 .create()
                 .map_err(|e| anyhow::anyhow!("cannot create investigation producer: {e}"))?,
             topic: settings.topic.clone(),

@@ -169,9 +169,10 @@ async fn valid_events_are_clustered_once_invalid_ones_dead_lettered_and_offsets_
     let dead = read_all(&s.bootstrap, &s.dead_letter, 50).await;
     assert_eq!(dead.len(), 50);
     let mut by_reason: BTreeMap<String, usize> = BTreeMap::new();
-    for (key, headers) in &dead {
-        let key = key.as_deref().expect("dead letter keeps the key");
-        let reason = headers
+    for message in &dead {
+        let key = message.key.as_deref().expect("dead letter keeps the key");
+        let reason = message
+            .headers
             .iter()
             .find(|(k, _)| k == "clusterwatch-reject-reason")
             .map(|(_, v)| v.clone())
@@ -403,31 +404,6 @@ async fn a_restart_resumes_clusters_and_offsets_from_the_snapshot() {
     assert_eq!(committed, end);
 }
 
-/// Reads `expected` payloads of `topic` from the beginning.
-async fn read_payloads(bootstrap: &str, topic: &str, expected: usize) -> Vec<serde_json::Value> {
-    use rdkafka::config::ClientConfig;
-    use rdkafka::consumer::{Consumer, StreamConsumer};
-    use rdkafka::message::Message;
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", unique("investigation-reader"))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
-    consumer.subscribe(&[topic]).expect("subscribe");
-    let mut out = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while out.len() < expected {
-        let m = tokio::time::timeout_at(deadline, consumer.recv())
-            .await
-            .unwrap_or_else(|_| panic!("only {} of {expected} records in {topic}", out.len()))
-            .expect("recv");
-        out.push(serde_json::from_slice(m.payload().unwrap_or_default()).expect("JSON record"));
-    }
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_opt_in_investigation_topic_carries_flagged_members_and_no_other_output_does() {
     let mut s = setup("investigation").await;
@@ -470,7 +446,11 @@ async fn the_opt_in_investigation_topic_carries_flagged_members_and_no_other_out
     assert_eq!(firing.len(), 1, "the campaign fires once: {alerts:#?}");
     let written = metrics.investigation_records.get() as usize;
     assert!(written > 0, "records were delivered");
-    let records = read_payloads(&s.bootstrap, &investigation_topic, written).await;
+    let records: Vec<serde_json::Value> = read_all(&s.bootstrap, &investigation_topic, written)
+        .await
+        .iter()
+        .map(|m| serde_json::from_slice(&m.payload).expect("JSON record"))
+        .collect();
     let flagged = firing[0].cluster_id.unwrap();
     let mut members = BTreeSet::new();
     for r in &records {

@@ -382,17 +382,23 @@ pub struct KafkaDeadLetter {
     source_topic: String,
 }
 
+/// A producer on the `[kafka]` cluster: idempotent (a retried send is not written twice), with
+/// the deployment's extra properties (security settings) applied.
+pub fn idempotent_producer(settings: &KafkaSettings) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &settings.bootstrap_servers)
+        .set("enable.idempotence", "true")
+        .set("message.timeout.ms", "30000");
+    for (k, v) in &settings.extra {
+        config.set(k, v);
+    }
+    config
+}
+
 impl KafkaDeadLetter {
     pub fn new(settings: &KafkaSettings) -> anyhow::Result<Self> {
-        let mut config = ClientConfig::new();
-        config
-            .set("bootstrap.servers", &settings.bootstrap_servers)
-            .set("enable.idempotence", "true")
-            .set("message.timeout.ms", "30000");
-        for (k, v) in &settings.extra {
-            config.set(k, v);
-        }
-        let producer: FutureProducer = config
+        let producer: FutureProducer = idempotent_producer(settings)
             .create()
             .map_err(|e| anyhow::anyhow!("cannot create dead-letter producer: {e}"))?;
         Ok(KafkaDeadLetter {

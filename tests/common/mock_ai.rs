@@ -435,37 +435,18 @@ fn inputs(value: &Value) -> Vec<String> {
     }
 }
 
-async fn openai_embeddings(State(shared): State<Shared>, Json(body): Json<Value>) -> Response {
-    const ROUTE: &str = "/v1/embeddings";
-    let texts = inputs(&body["input"]);
-    let (fault, slow) = roll(&shared, ROUTE);
-    let vectors = embed_all(&shared, &texts, fault == Some(Fault::WrongContent));
-    let answer = json!({
-        "object": "list",
-        "data": vectors.iter().enumerate().map(|(i, v)| json!({"object": "embedding", "index": i, "embedding": v})).collect::<Vec<_>>(),
-        "model": body["model"],
-        "usage": {"prompt_tokens": 0, "total_tokens": 0},
-    });
-    if let Some(f) = fault {
-        if let Some(r) = status_fault(f, slow, &answer).await {
-            return r;
-        }
-    }
-    if fault.is_none() {
-        shared.stats.lock().unwrap().texts_embedded += texts.len() as u64;
-    }
-    count_answer(&shared, ROUTE);
-    Json(answer).into_response()
-}
-
-async fn tei_embed(State(shared): State<Shared>, Json(body): Json<Value>) -> Response {
-    const ROUTE: &str = "/embed";
-    let texts = inputs(&body["inputs"]);
-    let (fault, slow) = roll(&shared, ROUTE);
-    let answer = json!(embed_all(
+/// Answers an embedding request: `answer` shapes the vectors into the protocol's body.
+async fn embed_route(
+    shared: Shared,
+    route: &'static str,
+    texts: Vec<String>,
+    answer: impl FnOnce(Vec<Vec<f32>>) -> Value,
+) -> Response {
+    let (fault, slow) = roll(&shared, route);
+    let answer = answer(embed_all(
         &shared,
         &texts,
-        fault == Some(Fault::WrongContent)
+        fault == Some(Fault::WrongContent),
     ));
     if let Some(f) = fault {
         if let Some(r) = status_fault(f, slow, &answer).await {
@@ -475,6 +456,24 @@ async fn tei_embed(State(shared): State<Shared>, Json(body): Json<Value>) -> Res
     if fault.is_none() {
         shared.stats.lock().unwrap().texts_embedded += texts.len() as u64;
     }
-    count_answer(&shared, ROUTE);
+    count_answer(&shared, route);
     Json(answer).into_response()
+}
+
+async fn openai_embeddings(State(shared): State<Shared>, Json(body): Json<Value>) -> Response {
+    let texts = inputs(&body["input"]);
+    embed_route(shared, "/v1/embeddings", texts, |vectors| {
+        json!({
+            "object": "list",
+            "data": vectors.iter().enumerate().map(|(i, v)| json!({"object": "embedding", "index": i, "embedding": v})).collect::<Vec<_>>(),
+            "model": body["model"],
+            "usage": {"prompt_tokens": 0, "total_tokens": 0},
+        })
+    })
+    .await
+}
+
+async fn tei_embed(State(shared): State<Shared>, Json(body): Json<Value>) -> Response {
+    let texts = inputs(&body["inputs"]);
+    embed_route(shared, "/embed", texts, |vectors| json!(vectors)).await
 }

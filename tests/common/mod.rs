@@ -134,12 +134,15 @@ pub fn committed_and_end(bootstrap: &str, group: &str, topic: &str, partitions: 
     (total_committed, total_end)
 }
 
-/// Reads every message of a topic from the beginning: (key, headers as pairs).
-pub async fn read_all(
-    bootstrap: &str,
-    topic: &str,
-    expected: usize,
-) -> Vec<(Option<String>, Vec<(String, String)>)> {
+/// One message read back from a topic.
+pub struct ReadMessage {
+    pub key: Option<String>,
+    pub headers: Vec<(String, String)>,
+    pub payload: Vec<u8>,
+}
+
+/// Reads `expected` messages of a topic from the beginning.
+pub async fn read_all(bootstrap: &str, topic: &str, expected: usize) -> Vec<ReadMessage> {
     use rdkafka::config::ClientConfig;
     use rdkafka::consumer::{Consumer, StreamConsumer};
     use rdkafka::message::{Headers, Message};
@@ -171,10 +174,11 @@ pub async fn read_all(
                     .collect()
             })
             .unwrap_or_default();
-        out.push((
-            m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+        out.push(ReadMessage {
+            key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
             headers,
-        ));
+            payload: m.payload().unwrap_or_default().to_vec(),
+        });
     }
     out
 }
