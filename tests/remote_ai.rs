@@ -98,9 +98,18 @@ fn assigned_ids(path: &Path) -> Vec<String> {
         .collect()
 }
 
-fn count(metrics: &Metrics, vec: &prometheus::IntCounterVec, labels: &[&str]) -> u64 {
-    let _ = metrics;
-    vec.with_label_values(labels).get()
+/// Replays `input` with the services named in `settings` (built by the replay itself, as `run`
+/// builds them); returns the run's metrics.
+async fn replay_with_services(
+    settings: Settings,
+    input: &Path,
+    outputs: &clusterwatch::replay::ReplayOutputs,
+) -> Metrics {
+    let metrics = Metrics::new();
+    clusterwatch::replay::replay(settings, input, outputs, metrics.clone(), None, Vec::new())
+        .await
+        .expect("the replay completes whatever the services do");
+    metrics
 }
 
 /// Replays `n` organic events through both services at `failure_rate` and checks every event
@@ -121,24 +130,14 @@ async fn replay_through_faults(
         dead_letter: Some(dir.path().join("dead.jsonl")),
         ..Default::default()
     };
-    let metrics = Metrics::new();
     let settings = remote_settings(&mock, llm, embed);
-    clusterwatch::replay::replay(
-        settings,
-        &input,
-        &outputs,
-        metrics.clone(),
-        None,
-        Vec::new(),
-    )
-    .await
-    .expect("replay survives the faults");
+    let metrics = replay_with_services(settings, &input, &outputs).await;
 
     let assigned = assigned_ids(&dir.path().join("assignments.jsonl"));
     let unique: BTreeSet<String> = assigned.iter().cloned().collect();
     let dead = std::fs::read_to_string(dir.path().join("dead.jsonl")).unwrap();
-    let by_llm = count(&metrics, &metrics.summaries, &["llm"]);
-    let by_fallback = count(&metrics, &metrics.summaries, &["fallback"]);
+    let by_llm = metrics.summaries.with_label_values(&["llm"]).get();
+    let by_fallback = metrics.summaries.with_label_values(&["fallback"]).get();
     let stats = mock.stats();
     let injected: u64 = stats.faults.values().sum();
     eprintln!(
@@ -322,7 +321,6 @@ async fn an_embedding_outage_holds_events_until_the_service_returns() {
     settings.summarizer.kind = SummarizerKind::Offline;
     settings.embedder.http.remote.breaker_window = 2;
     settings.embedder.http.remote.breaker_failure_ratio = 1.0;
-    let metrics = Metrics::new();
     mock.set_outage(true);
     let restore = {
         let mock = mock.clone();
@@ -331,16 +329,7 @@ async fn an_embedding_outage_holds_events_until_the_service_returns() {
             mock.set_outage(false);
         })
     };
-    clusterwatch::replay::replay(
-        settings,
-        &input,
-        &outputs,
-        metrics.clone(),
-        None,
-        Vec::new(),
-    )
-    .await
-    .expect("replay waits out the outage");
+    let metrics = replay_with_services(settings, &input, &outputs).await;
     restore.await.unwrap();
     let assigned = assigned_ids(&dir.path().join("assignments.jsonl"));
     assert_eq!(assigned.len(), 300);
@@ -400,17 +389,7 @@ async fn clusters_topics_and_domains_get_contrastive_llm_names_that_passed_both_
         clusters: Some(dir.path().join("clusters.json")),
         ..Default::default()
     };
-    let metrics = Metrics::new();
-    clusterwatch::replay::replay(
-        settings,
-        &input,
-        &outputs,
-        metrics.clone(),
-        None,
-        Vec::new(),
-    )
-    .await
-    .unwrap();
+    let metrics = replay_with_services(settings, &input, &outputs).await;
     let table: clusterwatch::export::clusters::ClusterTable =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("clusters.json")).unwrap())
             .unwrap();
