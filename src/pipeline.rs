@@ -180,13 +180,7 @@ impl Pipeline {
             Some(namer) => {
                 state = state.with_llm_labels();
                 let (handle, task) = namer.spawn();
-                (
-                    Some(NamerLink {
-                        handle,
-                        in_flight: Default::default(),
-                    }),
-                    Some(task),
-                )
+                (Some(NamerLink::new(handle)), Some(task))
             }
             None => (None, None),
         };
@@ -630,21 +624,45 @@ const NAMING_DRAIN: Duration = Duration::from_secs(120);
 struct NamerLink {
     handle: crate::naming::NamerHandle,
     in_flight: std::collections::HashSet<crate::cluster::names::NameKey>,
+    /// Groups whose last request found the model or the auditor unavailable. The next
+    /// maintenance pass asks again; the end-of-input drain does not, so a model that is down does
+    /// not hold up shutdown.
+    unavailable: std::collections::HashSet<crate::cluster::names::NameKey>,
 }
 
 impl NamerLink {
+    fn new(handle: crate::naming::NamerHandle) -> Self {
+        NamerLink {
+            handle,
+            in_flight: Default::default(),
+            unavailable: Default::default(),
+        }
+    }
+
     /// Stores the names that have come back.
     fn collect(&mut self, state: &mut ClusterState) {
         while let Ok(result) = self.handle.results.try_recv() {
             self.in_flight.remove(&result.key);
+            if matches!(
+                result.outcome,
+                crate::cluster::names::NamingOutcome::Unavailable
+            ) {
+                self.unavailable.insert(result.key);
+            }
             state.record_name(&result);
         }
     }
 
-    /// Asks for names of up to `max` groups that want one; never blocks (a full queue means the
-    /// rest are asked for at a later pass).
-    fn request(&mut self, state: &ClusterState, gate: &PrivacyGate, max: usize) {
-        for request in state.naming_requests(gate, &self.in_flight, max) {
+    /// Asks for names of up to `max` groups that want one (at a maintenance pass, `retry` also
+    /// asks again about groups the model was unavailable for); never blocks: a full queue means
+    /// the rest are asked for at a later pass.
+    fn request(&mut self, state: &ClusterState, gate: &PrivacyGate, max: usize, retry: bool) {
+        if retry {
+            self.unavailable.clear();
+        }
+        let skip: std::collections::HashSet<_> =
+            self.in_flight.union(&self.unavailable).copied().collect();
+        for request in state.naming_requests(gate, &skip, max) {
             let key = request.key;
             match self.handle.requests.try_send(request) {
                 Ok(()) => {
@@ -661,7 +679,7 @@ impl NamerLink {
         let deadline = Instant::now() + NAMING_DRAIN;
         loop {
             self.collect(state);
-            self.request(state, gate, crate::naming::QUEUE);
+            self.request(state, gate, crate::naming::QUEUE, false);
             if self.in_flight.is_empty() {
                 return;
             }
@@ -901,7 +919,7 @@ fn cluster_stage(
             metrics.observe_stage("maintain", started.elapsed().as_secs_f64());
             outputs.lifecycle(events, &mut detector, &gate, &metrics)?;
             if let Some(namer) = outputs.namer.as_mut() {
-                namer.request(&state, &gate, NAMING_PER_PASS);
+                namer.request(&state, &gate, NAMING_PER_PASS, true);
             }
             if let Some((_, sink)) = outputs.investigation.as_mut() {
                 sink.flush()?;

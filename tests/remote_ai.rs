@@ -531,3 +531,44 @@ async fn the_auditors_refuse_identifying_names_and_count_them() {
     let r = namer.name(request(4, "plan a trip", &[])).await;
     assert!(matches!(r.outcome, NamingOutcome::Unavailable));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_the_model_down_labels_stay_generic_and_the_run_ends_without_waiting_for_names() {
+    let mock = MockAi::start(19, DIMENSION).await;
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("events.jsonl");
+    organic(400, 6, &input);
+    let mut settings = remote_settings(&mock, Protocol::Anthropic, EmbeddingProtocol::Openai);
+    settings.llm.name_clusters = true;
+    settings.llm.audit_labels = true;
+    settings.llm.remote.max_attempts = 1;
+    // The embedder has its own endpoint settings; only the model is down.
+    settings.embedder.http.endpoint = MockAi::start(20, DIMENSION).await.url();
+    settings.privacy.min_accounts = 3;
+    settings.privacy.min_conversations = 3;
+    mock.set_outage(true);
+    let outputs = clusterwatch::replay::ReplayOutputs {
+        clusters: Some(dir.path().join("clusters.json")),
+        ..Default::default()
+    };
+    // Well inside the 120 s the end-of-input drain would wait for names still being made.
+    let metrics = tokio::time::timeout(
+        Duration::from_secs(60),
+        replay_with_services(settings, &input, &outputs),
+    )
+    .await
+    .expect("a model that is down does not hold up the end of the run");
+    assert_eq!(
+        metrics.summaries.with_label_values(&["fallback"]).get(),
+        400
+    );
+    assert!(metrics.cluster_names.with_label_values(&["failed"]).get() > 0);
+    let table: clusterwatch::export::clusters::ClusterTable =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("clusters.json")).unwrap())
+            .unwrap();
+    assert!(!table.clusters.is_empty());
+    assert!(table
+        .clusters
+        .iter()
+        .all(|r| r.label == clusterwatch::privacy::GENERIC_LABEL && r.description.is_none()));
+}

@@ -749,12 +749,12 @@ impl ClusterState {
     }
 
     /// Requests to name (or rename) up to `max` groups that pass `gate` — micro-clusters first,
-    /// then topics and domains with a visible member — skipping those in `in_flight`. Largest
+    /// then topics and domains with a visible member — skipping those in `skip`. Largest
     /// groups first, so a small budget goes where analysts look.
     pub fn naming_requests(
         &self,
         gate: &crate::privacy::PrivacyGate,
-        in_flight: &std::collections::HashSet<NameKey>,
+        skip: &std::collections::HashSet<NameKey>,
         max: usize,
     ) -> Vec<NamingRequest> {
         let mut out = Vec::new();
@@ -769,7 +769,7 @@ impl ClusterState {
                 .map(|(id, members)| (*id, members.iter().map(|c| c.count).sum::<u64>()))
                 .filter(|(id, count)| {
                     let key = NameKey { level, id: *id };
-                    !in_flight.contains(&key) && self.names.wants(key, *count)
+                    !skip.contains(&key) && self.names.wants(key, *count)
                 })
                 .collect();
             wanted.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
