@@ -238,7 +238,8 @@ async fn valid_events_are_clustered_once_invalid_ones_dead_lettered_and_offsets_
         "the alerted cluster holds the campaign: {campaign_in_alerted} of {}",
         campaign_ids.len()
     );
-    assert!(alert.stats.accounts >= 25 && alert.stats.window_accounts >= 20);
+    let evidence = alert.stats.cluster().expect("cluster evidence");
+    assert!(evidence.accounts >= 25 && evidence.window_accounts >= 20);
     println!(
         "e2e: {} messages, {valid} clustered into {} clusters, {} rejected, 1 alert: {}",
         messages.len(),

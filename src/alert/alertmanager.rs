@@ -56,10 +56,7 @@ pub fn to_postable(
     let mut annotations = BTreeMap::new();
     annotations.insert(
         "summary".into(),
-        format!(
-            "Coordinated cluster: {} accounts in window, {:.1} accounts/min",
-            record.stats.window_accounts, record.stats.accounts_per_minute
-        ),
+        record.headline(),
     );
     annotations.insert("description".into(), super::sinks::describe(record));
     annotations.insert("label".into(), record.label.clone());

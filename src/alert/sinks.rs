@@ -6,7 +6,7 @@
 use std::io::Write;
 use std::path::Path;
 
-use super::{AlertRecord, AlertStatus};
+use super::{AlertRecord, AlertStats, AlertStatus};
 
 /// Receives alert state changes. Delivery failures are the sink's to retry and count; a sink
 /// never fails the pipeline.
@@ -34,27 +34,56 @@ pub fn describe(r: &AlertRecord) -> String {
         AlertStatus::Firing => "FIRING  ",
         AlertStatus::Resolved => "RESOLVED",
     };
+    let evidence = match &r.stats {
+        AlertStats::Cluster(c) => format!(
+            "{accounts} accounts / {convs} conversations, {wacc} accounts in window, \
+             {apm:.1} accounts/min, tightness {tight:.3} (z={z:.1}), duplication {dup:.2}, \
+             growth x{growth:.1}, top account share {top:.2}, concern {concern:.1}, \
+             refusals {refusal:.2}, classifier flags {flags:.2}, surfaces {surfaces:?}, \
+             languages {languages:?}",
+            accounts = c.accounts,
+            convs = c.conversations,
+            wacc = c.window_accounts,
+            apm = c.accounts_per_minute,
+            tight = c.tightness,
+            z = c.tightness_z,
+            dup = c.duplication_rate,
+            growth = c.growth,
+            top = c.top_account_share,
+            concern = c.mean_concern,
+            refusal = c.refusal_rate,
+            flags = c.classifier_flag_rate,
+            surfaces = c.surfaces,
+            languages = c.languages,
+        ),
+        AlertStats::Surface(s) => format!(
+            "launched {launch}, {n} conversations in window against {b} in the {base} baseline, \
+             JS divergence {js:.3}, concern {c:.2} (baseline {bc:.2}), refusals {r:.2} \
+             (baseline {br:.2}), {new} new clusters",
+            launch = s.launch_time,
+            n = s.window_conversations,
+            b = s.baseline_conversations,
+            base = s.baseline,
+            js = s.js_divergence,
+            c = s.concern_rate,
+            bc = s.baseline_concern_rate,
+            r = s.refusal_rate,
+            br = s.baseline_refusal_rate,
+            new = s.new_clusters,
+        ),
+    };
     format!(
-        "[{marker}] {kind} severity={sev} cluster={cluster} at {time} (window from {start}): \
-         {accounts} accounts / {convs} conversations, {wacc} accounts in window, \
-         {apm:.1} accounts/min, tightness {tight:.3} (z={z:.1}), top account share {top:.2}, \
-         surfaces {surfaces:?}, label \"{label}\"",
+        "[{marker}] {kind} severity={sev} cluster={cluster} surface={surface} at {time} \
+         (window from {start}): {evidence}, label \"{label}\"",
         kind = r.kind.as_str(),
         sev = r.severity.as_str(),
         cluster = r
             .cluster_id
             .map(|c| c.to_string())
             .unwrap_or_else(|| "-".into()),
+        surface = r.surface.as_deref().unwrap_or("-"),
         time = r.event_time,
         start = r.window_start,
-        accounts = r.stats.accounts,
-        convs = r.stats.conversations,
-        wacc = r.stats.window_accounts,
-        apm = r.stats.accounts_per_minute,
-        tight = r.stats.tightness,
-        z = r.stats.tightness_z,
-        top = r.stats.top_account_share,
-        surfaces = r.stats.surfaces,
         label = r.label,
     )
 }

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use super::lifecycle::{Lifecycle, Transition};
 use super::robust::RobustStats;
 use crate::alert::{
-    format_event_time, round4, AlertKind, AlertRecord, AlertStatus, CoordinatedStats, Severity,
+    format_event_time, round4, AlertKind, AlertRecord, AlertStats, AlertStatus, ClusterEvidence, Severity,
 };
 use crate::cluster::{ClusterId, ClusterState};
 use crate::config::CoordinatedSettings;
@@ -49,7 +49,7 @@ struct Evaluation {
     candidate: bool,
     /// Meets the (looser) condition to keep an open alert.
     sustained: bool,
-    stats: CoordinatedStats,
+    stats: ClusterEvidence,
     window_start_ms: i64,
 }
 
@@ -224,7 +224,7 @@ impl CoordinatedDetector {
             surface,
             window_start: format_event_time(track.window_start_ms),
             event_time: format_event_time(now_ms),
-            stats,
+            stats: AlertStats::Cluster(stats),
             label,
         };
         if status == AlertStatus::Resolved {
@@ -267,7 +267,7 @@ impl CoordinatedDetector {
             candidate,
             sustained,
             window_start_ms: first,
-            stats: CoordinatedStats {
+            stats: ClusterEvidence {
                 conversations: cluster.count,
                 accounts: cluster.accounts.count(),
                 orgs: cluster.orgs.count(),
@@ -276,22 +276,25 @@ impl CoordinatedDetector {
                 accounts_per_minute: round4(window_accounts as f64 / span_minutes),
                 tightness: round4(tightness),
                 tightness_z: round4(tightness_z.unwrap_or(0.0)),
+                duplication_rate: 0.0,
+                growth: 0.0,
                 top_account_share: round4(top_account_share),
                 refusal_rate: round4(cluster.refusal_rate()),
                 mean_concern: round4(cluster.mean_concern()),
+                classifier_flag_rate: 0.0,
                 surfaces: cluster.surfaces.clone(),
                 languages: cluster.languages.clone(),
             },
         })
     }
 
-    fn severity_for(&self, stats: &CoordinatedStats) -> Severity {
+    fn severity_for(&self, stats: &ClusterEvidence) -> Severity {
         severity_for(&self.settings, stats)
     }
 }
 
 /// Critical from `critical_accounts` distinct accounts in the window, warning below.
-fn severity_for(settings: &CoordinatedSettings, stats: &CoordinatedStats) -> Severity {
+fn severity_for(settings: &CoordinatedSettings, stats: &ClusterEvidence) -> Severity {
     if stats.window_accounts >= settings.critical_accounts {
         Severity::Critical
     } else {
@@ -299,8 +302,8 @@ fn severity_for(settings: &CoordinatedSettings, stats: &CoordinatedStats) -> Sev
     }
 }
 
-fn empty_stats() -> CoordinatedStats {
-    CoordinatedStats {
+fn empty_stats() -> ClusterEvidence {
+    ClusterEvidence {
         conversations: 0,
         accounts: 0,
         orgs: 0,
@@ -309,9 +312,12 @@ fn empty_stats() -> CoordinatedStats {
         accounts_per_minute: 0.0,
         tightness: 0.0,
         tightness_z: 0.0,
+        duplication_rate: 0.0,
+        growth: 0.0,
         top_account_share: 0.0,
         refusal_rate: 0.0,
         mean_concern: 0.0,
+        classifier_flag_rate: 0.0,
         surfaces: BTreeMap::new(),
         languages: BTreeMap::new(),
     }
