@@ -446,8 +446,8 @@ mod tests {
         );
         let firing = &w.records[1];
         assert_eq!(firing.kind, AlertKind::CoordinatedCluster);
-        assert!(firing.stats.window_accounts >= 25);
-        assert!(firing.stats.tightness > 0.9);
+        assert!(firing.stats.cluster().unwrap().window_accounts >= 25);
+        assert!(firing.stats.cluster().unwrap().tightness > 0.9);
         assert_eq!(firing.severity, Severity::Warning);
         assert_eq!(
             firing.alert_id, w.records[2].alert_id,
