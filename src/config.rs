@@ -290,36 +290,51 @@ impl Default for ClusterSettings {
     }
 }
 
-/// Detectors.
+/// Detectors (DESIGN §6). Every window, hold and quiet time is in event seconds.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DetectSettings {
     pub coordinated: CoordinatedSettings,
+    pub launch: LaunchSettings,
+    pub enforcement: EnforcementSettings,
 }
 
-/// The coordinated-cluster detector (DESIGN §6).
+/// The coordinated-cluster detector.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CoordinatedSettings {
-    /// Sliding event-time window over which joins are counted, in seconds.
+    /// Sliding event-time window over which joins are counted, in seconds. 600.
     pub window_secs: i64,
-    /// Distinct accounts joining within the window needed to become a candidate.
+    /// Distinct accounts joining within the window needed to become a candidate. 20.
     pub min_window_accounts: usize,
-    /// A single account may contribute at most this share of the window's joins.
+    /// A single account may contribute at most this share of the window's joins. 0.5.
     pub max_top_account_share: f64,
-    /// Robust z-score of tightness, against clusters of similar size, needed to be a candidate.
+    /// Robust z-score of tightness against clusters of similar size that marks near-duplicate
+    /// content. 3.0.
     pub min_tightness_z: f64,
-    /// Minimum clusters in the tightness population before the robust z is trusted; until then a
-    /// candidate needs `fallback_min_tightness`.
+    /// Clusters needed in a size class (neighbouring classes are pooled until there are this
+    /// many) before the robust z is trusted; until then `fallback_min_tightness` applies. 20.
     pub min_population: usize,
-    /// Tightness needed while the population is too small for robust statistics.
+    /// Tightness needed while the population is too small for robust statistics. 0.85.
     pub fallback_min_tightness: f64,
-    /// How long the condition must hold before pending becomes firing, in event seconds.
+    /// A template counts as shared once this many distinct accounts used it in the window. 10.
+    pub duplication_min_accounts: usize,
+    /// Share of the window's joins on one shared template that marks a script, whatever the
+    /// tightness z (a campaign inside a busy organic topic). 0.5.
+    pub min_duplication: f64,
+    /// Window joins over what the cluster's own history predicts for a window. 3.0.
+    pub min_growth: f64,
+    /// A cluster younger than this is also judged over its whole life, which catches campaigns
+    /// too slow to fill one window. 0 turns the slow scale off. 21600.
+    pub slow_window_secs: i64,
+    /// How long the condition must hold before pending becomes firing. 30.
     pub hold_secs: i64,
-    /// How long the condition must stay false before firing becomes resolved, in event seconds.
+    /// How long the condition must stay false before firing becomes resolved. 900.
     pub quiet_secs: i64,
-    /// Distinct window accounts from which the alert is `critical` rather than `warning`.
+    /// Severity is `critical` from this many distinct window accounts ... 100.
     pub critical_accounts: usize,
+    /// ... arriving at least this fast (accounts per minute). 5.0.
+    pub critical_accounts_per_minute: f64,
 }
 
 impl Default for CoordinatedSettings {
@@ -328,12 +343,114 @@ impl Default for CoordinatedSettings {
             window_secs: 600,
             min_window_accounts: 20,
             max_top_account_share: 0.5,
-            min_tightness_z: 2.0,
+            min_tightness_z: 3.0,
             min_population: 20,
             fallback_min_tightness: 0.85,
-            hold_secs: 60,
+            duplication_min_accounts: 10,
+            min_duplication: 0.5,
+            min_growth: 3.0,
+            slow_window_secs: 6 * 3600,
+            hold_secs: 30,
             quiet_secs: 900,
             critical_accounts: 100,
+            critical_accounts_per_minute: 5.0,
+        }
+    }
+}
+
+/// One surface the launch monitor watches.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LaunchSurface {
+    /// The event's `surface` value, e.g. `computer_use`.
+    pub name: String,
+    /// RFC 3339 launch time. Traffic before it is the surface's own baseline.
+    pub launch_time: String,
+}
+
+/// The launch monitor: new clusters on a launched surface and drift of its topic mix.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LaunchSettings {
+    /// Surfaces to watch (`[[detect.launch.surfaces]]`). Empty: the monitor is off.
+    pub surfaces: Vec<LaunchSurface>,
+    /// The surface's own baseline is its traffic this long before launch. 604800 (7 days).
+    pub baseline_secs: i64,
+    /// Below this many baseline conversations the baseline is the rest of the traffic instead. 500.
+    pub min_baseline_conversations: u64,
+    /// The drift window: the surface's recent topic mix, over this long. 3600.
+    pub window_secs: i64,
+    /// Windows are kept in buckets of this many seconds. 300.
+    pub bucket_secs: i64,
+    /// Conversations the surface needs in the window before drift is judged. 200.
+    pub min_window_conversations: u64,
+    /// Jensen–Shannon divergence (bits) beyond what sampling alone explains that counts as drift. 0.1.
+    pub min_excess_divergence: f64,
+    /// A rise of the high-concern (score ≥ 3) or refusal rate over the baseline's, by this much
+    /// (absolute), also counts as drift. 0.1.
+    pub min_rate_increase: f64,
+    /// A cluster is the surface's when at least this share of its conversations came from it. 0.6.
+    pub min_surface_share: f64,
+    /// A cluster born after launch counts as new for this long. 86400.
+    pub new_cluster_secs: i64,
+    /// Drift and new clusters are re-evaluated at most this often per surface. 60.
+    pub evaluate_every_secs: i64,
+    /// Pending → firing. 300.
+    pub hold_secs: i64,
+    /// Firing → resolved. 1800.
+    pub quiet_secs: i64,
+}
+
+impl Default for LaunchSettings {
+    fn default() -> Self {
+        LaunchSettings {
+            surfaces: Vec::new(),
+            baseline_secs: 7 * 86_400,
+            min_baseline_conversations: 500,
+            window_secs: 3600,
+            bucket_secs: 300,
+            min_window_conversations: 200,
+            min_excess_divergence: 0.1,
+            min_rate_increase: 0.1,
+            min_surface_share: 0.6,
+            new_cluster_secs: 86_400,
+            evaluate_every_secs: 60,
+            hold_secs: 300,
+            quiet_secs: 1800,
+        }
+    }
+}
+
+/// Enforcement-gap detectors: concern against upstream classifier flags and refusals.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EnforcementSettings {
+    /// Conversations a cluster needs before either detector judges it. 100.
+    pub min_conversations: u64,
+    /// `under_enforcement`: mean concern at least this ... 3.0
+    pub under_min_mean_concern: f64,
+    /// ... while at most this share of members was flagged upstream. 0.1.
+    pub under_max_flag_rate: f64,
+    /// `over_refusal`: refusal rate at least this ... 0.5
+    pub over_min_refusal_rate: f64,
+    /// ... at mean concern at most this. 1.5.
+    pub over_max_mean_concern: f64,
+    /// Pending → firing. 300.
+    pub hold_secs: i64,
+    /// Firing → resolved. 3600.
+    pub quiet_secs: i64,
+}
+
+impl Default for EnforcementSettings {
+    fn default() -> Self {
+        EnforcementSettings {
+            min_conversations: 100,
+            under_min_mean_concern: 3.0,
+            under_max_flag_rate: 0.1,
+            over_min_refusal_rate: 0.5,
+            over_max_mean_concern: 1.5,
+            hold_secs: 300,
+            quiet_secs: 3600,
         }
     }
 }

@@ -21,7 +21,7 @@ use crate::cluster::snapshotter::Snapshotter;
 use crate::cluster::{Assignment, ClusterId, ClusterState};
 use crate::config::Settings;
 use crate::decode::{self, DecodeError};
-use crate::detect::CoordinatedDetector;
+use crate::detect::{Detectors, Observed};
 use crate::embed::{EmbedError, Embedder};
 use crate::event::EventMeta;
 use crate::export::Metrics;
@@ -127,7 +127,7 @@ pub struct SnapshotPlan {
 /// What a finished run leaves behind, for summaries and `--clusters-out`.
 pub struct PipelineReport {
     pub state: ClusterState,
-    pub detector: CoordinatedDetector,
+    pub detector: Detectors,
     pub gate: PrivacyGate,
     /// The most recent alert state changes (at most [`KEPT_ALERTS`]).
     pub alerts: std::collections::VecDeque<AlertRecord>,
@@ -184,8 +184,7 @@ impl Pipeline {
             }
             None => (None, None),
         };
-        let detector =
-            CoordinatedDetector::new(self.settings.detect.coordinated.clone(), gate.clone());
+        let detector = Detectors::new(&self.settings.detect, gate.clone())?;
         let cluster = {
             let metrics = self.metrics.clone();
             let completion = match self.snapshots {
@@ -701,7 +700,7 @@ impl ClusterOutputs {
     fn lifecycle(
         &mut self,
         events: Vec<LifecycleEvent>,
-        detector: &mut CoordinatedDetector,
+        detector: &mut Detectors,
         gate: &PrivacyGate,
         metrics: &Metrics,
     ) -> anyhow::Result<()> {
@@ -790,13 +789,13 @@ fn cluster_stage(
     mut input: mpsc::Receiver<Embedded>,
     alerts: mpsc::Sender<AlertRecord>,
     mut state: ClusterState,
-    mut detector: CoordinatedDetector,
+    mut detector: Detectors,
     gate: PrivacyGate,
     mut completion: Completion,
     partitions: Option<Arc<PartitionAssignment>>,
     mut outputs: ClusterOutputs,
     metrics: Metrics,
-) -> anyhow::Result<(ClusterState, CoordinatedDetector)> {
+) -> anyhow::Result<(ClusterState, Detectors)> {
     let mut labels_refused_seen = 0u64;
     let mut partitions = partitions.map(PartitionFeed::new);
     let mut previous: Option<SourcePosition> = None;
@@ -880,7 +879,14 @@ fn cluster_stage(
 
         let started = Instant::now();
         let clock = state.clock_ms();
-        let records = detector.observe(&mut state, Some(touched), clock);
+        let observed = Observed {
+            cluster: touched,
+            surface: &meta.surface,
+            event_time_ms: meta.event_time_ms,
+            concern: summary.concern,
+            refused: summary.refused,
+        };
+        let records = detector.observe(&mut state, Some(observed), clock);
         metrics.observe_stage("detect", started.elapsed().as_secs_f64());
         for record in records {
             outputs.investigation_alert(&record)?;
@@ -952,7 +958,7 @@ fn publish_view(
 
 fn update_gauges(
     state: &ClusterState,
-    detector: &CoordinatedDetector,
+    detector: &Detectors,
     gate: &PrivacyGate,
     metrics: &Metrics,
 ) {
@@ -960,15 +966,17 @@ fn update_gauges(
     metrics
         .visible_clusters
         .set(state.clusters().filter(|c| gate.admits(c)).count() as i64);
-    let firing = detector.firing_alerts() as i64;
-    metrics
-        .open_alerts
-        .with_label_values(&["coordinated_cluster", "firing"])
-        .set(firing);
-    metrics
-        .open_alerts
-        .with_label_values(&["coordinated_cluster", "pending"])
-        .set(detector.open_alerts() as i64 - firing);
+    for kind in crate::alert::AlertKind::ALL {
+        let (pending, firing) = detector.counts(kind);
+        metrics
+            .open_alerts
+            .with_label_values(&[kind.as_str(), "firing"])
+            .set(firing as i64);
+        metrics
+            .open_alerts
+            .with_label_values(&[kind.as_str(), "pending"])
+            .set(pending as i64);
+    }
 }
 
 /// Counts alert state changes and hands them to every sink, in order.

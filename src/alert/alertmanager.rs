@@ -54,10 +54,7 @@ pub fn to_postable(
         labels.insert("surface".into(), surface.clone());
     }
     let mut annotations = BTreeMap::new();
-    annotations.insert(
-        "summary".into(),
-        record.headline(),
-    );
+    annotations.insert("summary".into(), record.headline());
     annotations.insert("description".into(), super::sinks::describe(record));
     annotations.insert("label".into(), record.label.clone());
     annotations.insert("alert_id".into(), record.alert_id.clone());

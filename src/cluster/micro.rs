@@ -291,8 +291,13 @@ impl MicroCluster {
         }
         let bucket = usize::from(summary.concern.clamp(1, 5) - 1);
         self.concern_histogram[bucket] += 1;
-        self.recent
-            .push(meta.event_time_ms, meta.account_key, meta.org_key);
+        self.recent.push(
+            meta.event_time_ms,
+            meta.account_key,
+            meta.org_key,
+            similarity,
+            meta.template,
+        );
         self.templates.record(meta.template, meta.account_key);
         self.reservoir.offer(
             meta.conversation_key,
@@ -370,6 +375,11 @@ impl MicroCluster {
         self.refused as f64 / self.count.max(1) as f64
     }
 
+    /// Share of members an upstream classifier flagged.
+    pub fn classifier_flag_rate(&self) -> f64 {
+        self.classifier_flagged as f64 / self.count.max(1) as f64
+    }
+
     pub fn mean_concern(&self) -> f64 {
         let total: u64 = self.concern_histogram.iter().sum();
         let weighted: u64 = self
@@ -383,19 +393,34 @@ impl MicroCluster {
 }
 
 /// One join in the detection window.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 struct Join {
     event_time_ms: i64,
     account: u64,
     org: Option<u64>,
+    /// Similarity to the centroid when the member joined.
+    similarity: f32,
+    /// Template fingerprint (0: none).
+    template: u64,
 }
 
-/// Joins within the detection window, oldest first, with exact distinct accounts and orgs.
+/// How one template is used inside the window: joins and joins per distinct account.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct TemplateUse {
+    joins: u32,
+    per_account: HashMap<u64, u32>,
+}
+
+/// Joins within the detection window, oldest first, with exact distinct accounts and orgs, the
+/// members' similarity to the centroid and which accounts used which request template — what the
+/// coordinated detector reads. Bounded by the window (and `MAX_RECENT_JOINS`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct RecentJoins {
     joins: VecDeque<Join>,
     per_account: HashMap<u64, u32>,
     per_org: HashMap<u64, u32>,
+    per_template: HashMap<u64, TemplateUse>,
+    similarity_sum: f64,
 }
 
 fn count_down(map: &mut HashMap<u64, u32>, key: u64) {
@@ -408,7 +433,14 @@ fn count_down(map: &mut HashMap<u64, u32>, key: u64) {
 }
 
 impl RecentJoins {
-    fn push(&mut self, event_time_ms: i64, account: u64, org: Option<u64>) {
+    fn push(
+        &mut self,
+        event_time_ms: i64,
+        account: u64,
+        org: Option<u64>,
+        similarity: f32,
+        template: u64,
+    ) {
         // Keep the deque ordered by time even if events arrive slightly out of order.
         let pos = self
             .joins
@@ -419,12 +451,20 @@ impl RecentJoins {
                 event_time_ms,
                 account,
                 org,
+                similarity,
+                template,
             },
         );
         *self.per_account.entry(account).or_default() += 1;
         if let Some(org) = org {
             *self.per_org.entry(org).or_default() += 1;
         }
+        if template != 0 {
+            let used = self.per_template.entry(template).or_default();
+            used.joins += 1;
+            *used.per_account.entry(account).or_default() += 1;
+        }
+        self.similarity_sum += f64::from(similarity);
         while self.joins.len() > MAX_RECENT_JOINS {
             self.pop_front();
         }
@@ -436,13 +476,31 @@ impl RecentJoins {
             if let Some(org) = join.org {
                 count_down(&mut self.per_org, org);
             }
+            if let Some(used) = self.per_template.get_mut(&join.template) {
+                used.joins -= 1;
+                count_down(&mut used.per_account, join.account);
+                if used.joins == 0 {
+                    self.per_template.remove(&join.template);
+                }
+            }
+            self.similarity_sum -= f64::from(join.similarity);
+            if self.joins.is_empty() {
+                // Re-anchor the running sum so float error cannot accumulate across windows.
+                self.similarity_sum = 0.0;
+            }
         }
     }
 
     /// Interleaves `other`'s joins by time (a merge), keeping the newest within the bound.
     fn merge(&mut self, other: &RecentJoins) {
         for join in &other.joins {
-            self.push(join.event_time_ms, join.account, join.org);
+            self.push(
+                join.event_time_ms,
+                join.account,
+                join.org,
+                join.similarity,
+                join.template,
+            );
         }
     }
 
@@ -469,6 +527,28 @@ impl RecentJoins {
     pub fn top_account_share(&self) -> f64 {
         let top = self.per_account.values().copied().max().unwrap_or(0);
         top as f64 / self.joins.len().max(1) as f64
+    }
+
+    /// Mean similarity of the window's members to the centroid when they joined.
+    pub fn tightness(&self) -> f64 {
+        if self.joins.is_empty() {
+            0.0
+        } else {
+            self.similarity_sum / self.joins.len() as f64
+        }
+    }
+
+    /// Share of the window's joins that used its commonest template, counting a template only
+    /// when at least `min_accounts` distinct accounts used it in the window: one script shared
+    /// across accounts, not one account repeating itself, and not a handful of people who happen
+    /// to type the same short request.
+    pub fn duplication_rate(&self, min_accounts: usize) -> f64 {
+        self.per_template
+            .values()
+            .filter(|t| t.per_account.len() >= min_accounts)
+            .map(|t| t.joins)
+            .max()
+            .map_or(0.0, |n| f64::from(n) / self.joins.len().max(1) as f64)
     }
 
     pub fn first_time_ms(&self) -> Option<i64> {
@@ -554,14 +634,19 @@ mod tests {
     #[test]
     fn recent_window_counts_and_expires() {
         let mut r = RecentJoins::default();
-        r.push(1000, 1, Some(10));
-        r.push(3000, 2, None);
-        r.push(2000, 1, Some(11));
+        r.push(1000, 1, Some(10), 0.9, 7);
+        r.push(3000, 2, None, 0.7, 7);
+        r.push(2000, 1, Some(11), 0.8, 0);
         assert_eq!(r.distinct_orgs(), 2);
         assert_eq!(r.joins(), 3);
         assert_eq!(r.distinct_accounts(), 2);
         assert!((r.top_account_share() - 2.0 / 3.0).abs() < 1e-9);
+        assert!((r.tightness() - 0.8).abs() < 1e-6);
+        assert!((r.duplication_rate(2) - 2.0 / 3.0).abs() < 1e-9);
+        assert_eq!(r.duplication_rate(3), 0.0);
         r.expire_before(2000);
+        assert_eq!(r.duplication_rate(1), 1.0);
+        assert!((r.tightness() - 0.7).abs() < 1e-6);
         assert_eq!(r.joins(), 1);
         assert_eq!(r.distinct_accounts(), 1);
         assert_eq!(r.first_time_ms(), Some(3000));

@@ -22,4 +22,5 @@ pub mod template;
 /// A cluster's stable id. Assigned in arrival order, so a replay of the same input reproduces it.
 pub type ClusterId = u64;
 
+pub use micro::MicroCluster;
 pub use state::{Assignment, ClusterState};

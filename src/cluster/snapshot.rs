@@ -27,7 +27,7 @@ use super::ClusterId;
 
 const MAGIC: &[u8; 8] = b"CWSNAP\0\0";
 /// Bumped whenever [`SnapshotBody`] changes shape; older files are refused with a clear error.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Everything cluster state needs to continue where it stopped.
 #[derive(Debug, Serialize, Deserialize)]

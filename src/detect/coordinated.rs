@@ -1,27 +1,39 @@
 //! The coordinated-cluster detector.
 //!
 //! Normal use is diffuse: a topic gathers accounts slowly and its members say different things.
-//! A campaign is many distinct accounts saying nearly the same thing within minutes. So a cluster
-//! is a candidate when, over a sliding event-time window:
-//! - many distinct accounts joined it (`min_window_accounts`),
-//! - no single account dominates the window (one heavy user is not a campaign),
-//! - it is tighter than typical clusters, by a robust z-score of tightness against the live
-//!   population (median/MAD), falling back to a fixed floor only while the population is small,
+//! A campaign is many distinct accounts saying nearly the same thing in a short time. The
+//! detector reads only per-cluster statistics and judges a cluster on two time scales:
+//! - **the sliding window** (`window_secs`, 10 minutes): distinct accounts in the window,
+//!   accounts per minute, the busiest account's share, window growth against the cluster's own
+//!   history, and how much of the window used one request template shared across accounts;
+//! - **the slow scale**: a cluster younger than `slow_window_secs` is also judged over its whole
+//!   life, which is how a campaign too slow to fill one window (a few accounts an hour) is seen.
+//!
+//! On either scale a cluster is a candidate when
+//! - volume: at least `min_window_accounts` distinct accounts, none holding more than
+//!   `max_top_account_share` of the joins (one heavy user is not a campaign);
+//! - novelty: growth of at least `min_growth` over what the cluster's own history predicts (a topic
+//!   that is always this busy is not news);
+//! - coordination: the cluster is much tighter than clusters of similar size — a robust z-score
+//!   (median/MAD over the live population, by size class) of at least `min_tightness_z` — or at
+//!   least `min_duplication` of its joins used one template that `duplication_min_accounts`
+//!   accounts shared (a script pasted into a busy organic topic, which leaves tightness alone).
+//!   A thousand accounts each asking for the weather in their own words is loose and unscripted,
+//!   so it is neither;
 //! - and it passes the privacy gate, since an alert shows the cluster.
 //!
-//! A candidate becomes an alert through [`Lifecycle`]: pending, firing after the hold time,
-//! resolved after the quiet time.
+//! Severity grows with accounts and speed: `critical` from `critical_accounts` window accounts
+//! arriving at `critical_accounts_per_minute`, `info` for slow-scale-only campaigns, `warning`
+//! otherwise. The [`AlertBook`](super::book::AlertBook) turns findings into alerts.
 
 use std::collections::BTreeMap;
 
-use super::lifecycle::{Lifecycle, Transition};
+use super::book::{Finding, Subject, Timing};
 use super::robust::RobustStats;
-use crate::alert::{
-    format_event_time, round4, AlertKind, AlertRecord, AlertStats, AlertStatus, ClusterEvidence, Severity,
-};
-use crate::cluster::{ClusterId, ClusterState};
+use crate::alert::{round4, AlertKind, AlertStats, ClusterEvidence, Severity};
+use crate::cluster::{ClusterId, ClusterState, MicroCluster};
 use crate::config::CoordinatedSettings;
-use crate::privacy::{LabelVerdict, PrivacyGate};
+use crate::privacy::PrivacyGate;
 
 /// Clusters smaller than this are too noisy to describe "typical" tightness.
 const POPULATION_MIN_COUNT: u64 = 5;
@@ -29,37 +41,83 @@ const POPULATION_MIN_COUNT: u64 = 5;
 const POPULATION_REFRESH_MS: i64 = 60_000;
 /// Floor on the tightness scale so a very uniform population does not inflate z-scores.
 const MIN_TIGHTNESS_SCALE: f64 = 0.02;
-/// Hysteresis: once an alert is open, the cluster keeps it while its tightness z stays within this
-/// much of the entry threshold and its window keeps at least this share of the entry accounts.
-/// Without it a campaign whose z hovers at the threshold opens, withdraws and reopens its alert
-/// with every member that joins.
+/// Hysteresis: an open alert stays while its z is within this of the entry threshold, its
+/// duplication within this share of the entry one, and its window keeps this share of the entry
+/// accounts. Without it a campaign whose figures hover at a threshold opens, withdraws and
+/// reopens its alert with every member that joins.
 const STAY_Z_MARGIN: f64 = 1.0;
-const STAY_ACCOUNT_SHARE: f64 = 0.5;
+const STAY_SHARE: f64 = 0.5;
 
-struct Track {
-    lifecycle: Lifecycle,
-    alert_id: String,
-    window_start_ms: i64,
-    severity: Severity,
+/// Tightness of the live clusters, by size class (`floor(log2(count))`), refreshed each minute.
+#[derive(Default)]
+struct Population {
+    classes: BTreeMap<u32, Vec<f64>>,
+    refreshed_ms: Option<i64>,
 }
 
-/// Result of evaluating one cluster.
-struct Evaluation {
-    /// Meets the entry condition.
-    candidate: bool,
-    /// Meets the (looser) condition to keep an open alert.
-    sustained: bool,
-    stats: ClusterEvidence,
-    window_start_ms: i64,
+fn size_class(count: u64) -> u32 {
+    63 - count.max(1).leading_zeros()
+}
+
+impl Population {
+    fn refresh(&mut self, state: &ClusterState, now_ms: i64) {
+        if self
+            .refreshed_ms
+            .is_some_and(|t| now_ms.saturating_sub(t) < POPULATION_REFRESH_MS)
+        {
+            return;
+        }
+        self.classes.clear();
+        for c in state.clusters().filter(|c| c.count >= POPULATION_MIN_COUNT) {
+            self.classes
+                .entry(size_class(c.count))
+                .or_default()
+                .push(c.tightness());
+        }
+        self.refreshed_ms = Some(now_ms);
+    }
+
+    /// Robust statistics of the clusters of `count`'s size class, pooling the nearest classes
+    /// until at least `min` clusters are in; `None` while the whole population is smaller.
+    fn similar_to(&self, count: u64, min: usize) -> Option<RobustStats> {
+        let centre = size_class(count.max(POPULATION_MIN_COUNT));
+        let mut pooled: Vec<f64> = Vec::new();
+        let (mut lo, mut hi) = (centre, centre);
+        pooled.extend(self.classes.get(&centre).into_iter().flatten());
+        let max_class = self.classes.keys().next_back().copied().unwrap_or(0);
+        let min_class = self.classes.keys().next().copied().unwrap_or(0);
+        while pooled.len() < min.max(1) && (lo > min_class || hi < max_class) {
+            if lo > min_class {
+                lo -= 1;
+                pooled.extend(self.classes.get(&lo).into_iter().flatten());
+            }
+            if hi < max_class {
+                hi += 1;
+                pooled.extend(self.classes.get(&hi).into_iter().flatten());
+            }
+        }
+        if pooled.len() < min.max(1) {
+            return None;
+        }
+        RobustStats::of(&pooled)
+    }
+}
+
+/// The figures of one scale (window or whole life).
+struct Scale {
+    accounts: usize,
+    conversations: usize,
+    accounts_per_minute: f64,
+    top_account_share: f64,
+    duplication: f64,
+    growth: f64,
+    start_ms: i64,
 }
 
 pub struct CoordinatedDetector {
     settings: CoordinatedSettings,
     gate: PrivacyGate,
-    tracks: BTreeMap<ClusterId, Track>,
-    population: Option<RobustStats>,
-    population_refreshed_ms: i64,
-    labels_refused: u64,
+    population: Population,
 }
 
 impl CoordinatedDetector {
@@ -67,273 +125,186 @@ impl CoordinatedDetector {
         CoordinatedDetector {
             settings,
             gate,
-            tracks: BTreeMap::new(),
-            population: None,
-            population_refreshed_ms: i64::MIN,
-            labels_refused: 0,
+            population: Population::default(),
         }
     }
 
-    /// Evaluates `touched` (the cluster an event just joined) and every cluster with an open
-    /// alert, at event time `clock_ms` (the stage's [`crate::cluster::clock::EventClock`]).
-    /// Each cluster is evaluated at the later of the clock and its own latest join, so a cluster
-    /// fed by a partition that runs ahead is judged on its own timeline, and an idle cluster's
-    /// alert still ages out as the clock advances. Returns the state changes in cluster-id order.
-    pub fn observe(
-        &mut self,
-        state: &mut ClusterState,
-        touched: Option<ClusterId>,
-        clock_ms: i64,
-    ) -> Vec<AlertRecord> {
-        self.refresh_population(state, clock_ms);
-        let mut ids: Vec<ClusterId> = self.tracks.keys().copied().collect();
-        if let Some(id) = touched {
-            if !self.tracks.contains_key(&id) {
-                ids.push(id);
-            }
-        }
-        ids.sort_unstable();
-        let mut records = Vec::new();
-        for id in ids {
-            let now_ms = state
-                .cluster(id)
-                .map_or(clock_ms, |c| c.last_seen_ms.max(clock_ms));
-            if let Some(record) = self.evaluate_and_step(state, id, now_ms) {
-                records.push(record);
-            }
-        }
-        records
-    }
-
-    /// Cluster `absorbed` merged into `survivor`: an open alert moves with it, keeping its alert
-    /// id, so the campaign is not reported twice. When both had one, the firing (else the
-    /// survivor's) alert is kept and the other is dropped without a record.
-    pub fn follow_merge(&mut self, absorbed: ClusterId, survivor: ClusterId) {
-        let Some(moved) = self.tracks.remove(&absorbed) else {
-            return;
-        };
-        let keep_moved = match self.tracks.get(&survivor) {
-            None => true,
-            Some(existing) => moved.lifecycle.is_firing() && !existing.lifecycle.is_firing(),
-        };
-        if keep_moved {
-            self.tracks.insert(survivor, moved);
+    pub fn timing(&self) -> Timing {
+        Timing {
+            hold_secs: self.settings.hold_secs,
+            quiet_secs: self.settings.quiet_secs,
         }
     }
 
-    /// Alerts currently pending or firing.
-    pub fn open_alerts(&self) -> usize {
-        self.tracks.len()
+    /// Refreshes the tightness population (at most once a minute of event time).
+    pub fn refresh(&mut self, state: &ClusterState, now_ms: i64) {
+        self.population.refresh(state, now_ms);
     }
 
-    pub fn firing_alerts(&self) -> usize {
-        self.tracks
-            .values()
-            .filter(|t| t.lifecycle.is_firing())
-            .count()
-    }
-
-    /// Labels the auditor refused so far (they were replaced by the generic label).
-    pub fn labels_refused(&self) -> u64 {
-        self.labels_refused
-    }
-
-    fn refresh_population(&mut self, state: &ClusterState, now_ms: i64) {
-        if self.population.is_some()
-            && now_ms.saturating_sub(self.population_refreshed_ms) < POPULATION_REFRESH_MS
-        {
-            return;
-        }
-        let tightness: Vec<f64> = state
-            .clusters()
-            .filter(|c| c.count >= POPULATION_MIN_COUNT)
-            .map(|c| c.tightness())
-            .collect();
-        self.population = RobustStats::of(&tightness);
-        self.population_refreshed_ms = now_ms;
-    }
-
-    fn evaluate_and_step(
-        &mut self,
+    /// Judges cluster `id` at `now_ms`; `None` when it no longer exists.
+    pub fn evaluate(
+        &self,
         state: &mut ClusterState,
         id: ClusterId,
         now_ms: i64,
-    ) -> Option<AlertRecord> {
-        let evaluation = self.evaluate(state, id, now_ms);
-        let candidate = evaluation.as_ref().is_some_and(|e| e.candidate);
-        let sustained = evaluation.as_ref().is_some_and(|e| e.sustained);
-        let transition = match self.tracks.get_mut(&id) {
-            Some(track) => {
-                let t = track.lifecycle.step(sustained, now_ms);
-                if let (Some(e), Transition::None) = (&evaluation, t) {
-                    // Re-notify when severity escalates while firing.
-                    let severity = severity_for(&self.settings, &e.stats);
-                    if track.lifecycle.is_firing() && severity > track.severity {
-                        track.severity = severity;
-                        Transition::To(AlertStatus::Firing)
-                    } else {
-                        Transition::None
-                    }
-                } else {
-                    t
-                }
-            }
-            None if candidate => {
-                let e = evaluation.as_ref()?;
-                let (lifecycle, t) =
-                    Lifecycle::open(now_ms, self.settings.hold_secs, self.settings.quiet_secs);
-                self.tracks.insert(
-                    id,
-                    Track {
-                        lifecycle,
-                        alert_id: format!("coordinated_cluster-{id}-{}", e.window_start_ms),
-                        window_start_ms: e.window_start_ms,
-                        severity: self.severity_for(&e.stats),
-                    },
-                );
-                t
-            }
-            None => Transition::None,
+    ) -> Option<Finding> {
+        let s = &self.settings;
+        let window_ms = s.window_secs.max(1) * 1000;
+        let cluster = state.cluster_mut(id)?;
+        cluster.recent.expire_before(now_ms - window_ms);
+        let cluster: &MicroCluster = cluster;
+        let window = window_scale(cluster, now_ms, window_ms, s.duplication_min_accounts);
+        let slow = (s.slow_window_secs > 0
+            && now_ms - cluster.born_ms <= s.slow_window_secs * 1000)
+            .then(|| lifetime_scale(cluster, now_ms, s.duplication_min_accounts));
+
+        let tightness = cluster.tightness();
+        let tightness_z = self
+            .population
+            .similar_to(cluster.count, s.min_population)
+            .map(|p| p.z(tightness, MIN_TIGHTNESS_SCALE));
+        let tight = |margin: f64| match tightness_z {
+            Some(z) => z >= s.min_tightness_z - margin,
+            None => tightness >= s.fallback_min_tightness - margin * MIN_TIGHTNESS_SCALE,
         };
-        let Transition::To(status) = transition else {
-            return None;
+        let shown = self.gate.admits(cluster);
+        let holds = |scale: &Scale, share: f64, z_margin: f64| {
+            shown
+                && scale.accounts as f64 >= s.min_window_accounts as f64 * share
+                && scale.top_account_share <= s.max_top_account_share
+                && scale.growth >= s.min_growth * share
+                && (tight(z_margin) || scale.duplication >= s.min_duplication * share)
         };
-        let track = self.tracks.get(&id)?;
-        let stats = evaluation.map(|e| e.stats).unwrap_or_else(empty_stats);
-        let label = match state.cluster(id) {
-            Some(c) => {
-                let (label, _, verdict) = state.shown_label_of(c);
-                if verdict != LabelVerdict::Pass {
-                    self.labels_refused += 1;
-                }
-                label
+        let window_enter = holds(&window, 1.0, 0.0);
+        let slow_enter = slow.as_ref().is_some_and(|l| holds(l, 1.0, 0.0));
+        let window_stay = holds(&window, STAY_SHARE, STAY_Z_MARGIN);
+        let slow_stay = slow
+            .as_ref()
+            .is_some_and(|l| holds(l, STAY_SHARE, STAY_Z_MARGIN));
+
+        // The evidence describes the scale that holds, the window when both do.
+        let shown_scale = if window_enter || window_stay || slow.is_none() {
+            &window
+        } else {
+            slow.as_ref().unwrap_or(&window)
+        };
+        let severity = if window_enter || window_stay {
+            if window.accounts >= s.critical_accounts
+                && window.accounts_per_minute >= s.critical_accounts_per_minute
+            {
+                Severity::Critical
+            } else {
+                Severity::Warning
             }
-            None => crate::privacy::GENERIC_LABEL.to_string(),
+        } else {
+            Severity::Info
         };
-        let surface = stats
+        let surface = cluster
             .surfaces
             .iter()
             .max_by(|a, b| a.1.cmp(b.1).then_with(|| b.0.cmp(a.0)))
             .map(|(s, _)| s.clone());
-        let record = AlertRecord {
-            alert_id: track.alert_id.clone(),
+        Some(Finding {
             kind: AlertKind::CoordinatedCluster,
-            status,
-            severity: track.severity,
-            cluster_id: Some(id),
+            subject: Subject::Cluster(id),
+            enter: window_enter || slow_enter,
+            stay: window_stay || slow_stay,
+            severity,
             surface,
-            window_start: format_event_time(track.window_start_ms),
-            event_time: format_event_time(now_ms),
-            stats: AlertStats::Cluster(stats),
-            label,
-        };
-        if status == AlertStatus::Resolved {
-            self.tracks.remove(&id);
-        }
-        Some(record)
-    }
-
-    fn evaluate(&self, state: &mut ClusterState, id: ClusterId, now_ms: i64) -> Option<Evaluation> {
-        let window_ms = self.settings.window_secs * 1000;
-        let cluster = state.cluster_mut(id)?;
-        cluster.recent.expire_before(now_ms - window_ms);
-        let window_accounts = cluster.recent.distinct_accounts();
-        let window_conversations = cluster.recent.joins();
-        let first = cluster.recent.first_time_ms().unwrap_or(now_ms);
-        let last = cluster.recent.last_time_ms().unwrap_or(now_ms);
-        // A burst inside one minute still counts as one minute, so the rate stays finite.
-        let span_minutes = ((last - first) as f64 / 60_000.0).max(1.0);
-        let tightness = cluster.tightness();
-        let tightness_z = self
-            .population
-            .filter(|p| p.n >= self.settings.min_population)
-            .map(|p| p.z(tightness, MIN_TIGHTNESS_SCALE));
-        let tight_enough = |margin: f64| match tightness_z {
-            Some(z) => z >= self.settings.min_tightness_z - margin,
-            None => {
-                tightness >= self.settings.fallback_min_tightness - margin * MIN_TIGHTNESS_SCALE
-            }
-        };
-        let top_account_share = cluster.recent.top_account_share();
-        let shared =
-            self.gate.admits(cluster) && top_account_share <= self.settings.max_top_account_share;
-        let candidate =
-            shared && window_accounts >= self.settings.min_window_accounts && tight_enough(0.0);
-        let sustained = shared
-            && window_accounts as f64
-                >= self.settings.min_window_accounts as f64 * STAY_ACCOUNT_SHARE
-            && tight_enough(STAY_Z_MARGIN);
-        Some(Evaluation {
-            candidate,
-            sustained,
-            window_start_ms: first,
-            stats: ClusterEvidence {
-                conversations: cluster.count,
-                accounts: cluster.accounts.count(),
-                orgs: cluster.orgs.count(),
-                window_conversations,
-                window_accounts,
-                accounts_per_minute: round4(window_accounts as f64 / span_minutes),
-                tightness: round4(tightness),
-                tightness_z: round4(tightness_z.unwrap_or(0.0)),
-                duplication_rate: 0.0,
-                growth: 0.0,
-                top_account_share: round4(top_account_share),
-                refusal_rate: round4(cluster.refusal_rate()),
-                mean_concern: round4(cluster.mean_concern()),
-                classifier_flag_rate: 0.0,
-                surfaces: cluster.surfaces.clone(),
-                languages: cluster.languages.clone(),
-            },
+            window_start_ms: shown_scale.start_ms,
+            stats: AlertStats::Cluster(evidence(
+                cluster,
+                shown_scale,
+                tightness,
+                tightness_z.unwrap_or(0.0),
+            )),
         })
     }
+}
 
-    fn severity_for(&self, stats: &ClusterEvidence) -> Severity {
-        severity_for(&self.settings, stats)
+fn window_scale(cluster: &MicroCluster, now_ms: i64, window_ms: i64, dup_accounts: usize) -> Scale {
+    let recent = &cluster.recent;
+    let first = recent.first_time_ms().unwrap_or(now_ms);
+    let last = recent.last_time_ms().unwrap_or(now_ms);
+    let joins = recent.joins();
+    // What the cluster's history before the window predicts for one window.
+    let before = cluster.count.saturating_sub(joins as u64) as f64;
+    let history_windows = ((first - cluster.born_ms) as f64 / window_ms as f64).max(1.0);
+    let expected = (before / history_windows).max(1.0);
+    Scale {
+        accounts: recent.distinct_accounts(),
+        conversations: joins,
+        accounts_per_minute: recent.distinct_accounts() as f64 / span_minutes(first, last),
+        top_account_share: recent.top_account_share(),
+        duplication: recent.duplication_rate(dup_accounts),
+        growth: joins as f64 / expected,
+        start_ms: first,
     }
 }
 
-/// Critical from `critical_accounts` distinct accounts in the window, warning below.
-fn severity_for(settings: &CoordinatedSettings, stats: &ClusterEvidence) -> Severity {
-    if stats.window_accounts >= settings.critical_accounts {
-        Severity::Critical
-    } else {
-        Severity::Warning
+/// The whole life of a young cluster as one window. Its growth is its size: it had no history.
+fn lifetime_scale(cluster: &MicroCluster, now_ms: i64, dup_accounts: usize) -> Scale {
+    let accounts = cluster.accounts.count();
+    let top_share = (cluster.count as f64 - accounts as f64 + 1.0) / cluster.count.max(1) as f64;
+    Scale {
+        accounts,
+        conversations: cluster.count as usize,
+        accounts_per_minute: accounts as f64
+            / span_minutes(cluster.born_ms, cluster.last_seen_ms.max(now_ms)),
+        // An upper bound on the busiest account's share: every repeat conversation is its.
+        top_account_share: top_share.clamp(0.0, 1.0),
+        duplication: cluster.templates.duplication_rate(dup_accounts),
+        growth: cluster.count as f64,
+        start_ms: cluster.born_ms,
     }
 }
 
-fn empty_stats() -> ClusterEvidence {
+/// A burst inside one minute still counts as one minute, so rates stay finite.
+fn span_minutes(first_ms: i64, last_ms: i64) -> f64 {
+    ((last_ms - first_ms) as f64 / 60_000.0).max(1.0)
+}
+
+fn evidence(cluster: &MicroCluster, scale: &Scale, tightness: f64, z: f64) -> ClusterEvidence {
     ClusterEvidence {
-        conversations: 0,
-        accounts: 0,
-        orgs: 0,
-        window_conversations: 0,
-        window_accounts: 0,
-        accounts_per_minute: 0.0,
-        tightness: 0.0,
-        tightness_z: 0.0,
-        duplication_rate: 0.0,
-        growth: 0.0,
-        top_account_share: 0.0,
-        refusal_rate: 0.0,
-        mean_concern: 0.0,
-        classifier_flag_rate: 0.0,
-        surfaces: BTreeMap::new(),
-        languages: BTreeMap::new(),
+        conversations: cluster.count,
+        accounts: cluster.accounts.count(),
+        orgs: cluster.orgs.count(),
+        window_conversations: scale.conversations,
+        window_accounts: scale.accounts,
+        accounts_per_minute: round4(scale.accounts_per_minute),
+        tightness: round4(tightness),
+        tightness_z: round4(z),
+        duplication_rate: round4(scale.duplication),
+        growth: round4(scale.growth),
+        top_account_share: round4(scale.top_account_share),
+        refusal_rate: round4(cluster.refusal_rate()),
+        mean_concern: round4(cluster.mean_concern()),
+        classifier_flag_rate: round4(cluster.classifier_flag_rate()),
+        surfaces: cluster.surfaces.clone(),
+        languages: cluster.languages.clone(),
     }
+}
+
+/// Cluster evidence for the other cluster-level detectors (no window figures of their own).
+pub(crate) fn cluster_evidence(cluster: &MicroCluster) -> ClusterEvidence {
+    let scale = window_scale(cluster, cluster.last_seen_ms, i64::MAX / 4, usize::MAX);
+    evidence(cluster, &scale, cluster.tightness(), 0.0)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::config::{ClusterSettings, PrivacySettings};
+    use crate::alert::{AlertKind, AlertRecord, AlertStatus, Severity};
+    use crate::cluster::ClusterState;
+    use crate::config::{ClusterSettings, DetectSettings, PrivacySettings};
+    use crate::detect::{Detectors, Observed};
     use crate::embed::{hashing::HashingEmbedder, Embedder};
     use crate::event::{identity_key, EventMeta};
+    use crate::privacy::PrivacyGate;
     use crate::summarize::Summary;
 
     struct World {
         state: ClusterState,
-        detector: CoordinatedDetector,
+        detector: Detectors,
         embedder: HashingEmbedder,
         records: Vec<AlertRecord>,
         n: u64,
@@ -351,10 +322,11 @@ mod tests {
                     512,
                     embedder.id(),
                 ),
-                detector: CoordinatedDetector::new(
-                    CoordinatedSettings::default(),
+                detector: Detectors::new(
+                    &DetectSettings::default(),
                     PrivacyGate::new(PrivacySettings::default()),
-                ),
+                )
+                .unwrap(),
                 embedder,
                 records: Vec::new(),
                 n: 0,
@@ -385,10 +357,15 @@ mod tests {
             let v = self.embedder.embed_batch(&[text.to_string()]).unwrap();
             let a = self.state.assign(0, &meta, &summary, &v[0]).unwrap();
             let clock = self.state.clock_ms();
-            self.records.extend(
-                self.detector
-                    .observe(&mut self.state, a.cluster_id(), clock),
-            );
+            let observed = a.cluster_id().map(|cluster| Observed {
+                cluster,
+                surface: "chat",
+                event_time_ms: meta.event_time_ms,
+                concern: 1,
+                refused: false,
+            });
+            self.records
+                .extend(self.detector.observe(&mut self.state, observed, clock));
         }
 
         /// Diffuse organic traffic: 300 topics, each message 3 of its topic's 4 words plus two
