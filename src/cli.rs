@@ -56,6 +56,9 @@ pub enum Command {
 pub enum EvalCommand {
     /// NMI/AMI/ARI/purity of the online clusterer per hierarchy level, next to batch k-means.
     Clustering(crate::eval::clustering::ClusteringEvalArgs),
+    /// Recall, precision and time to detect of every detector on organic traffic with injected
+    /// campaigns and hard negatives.
+    Detection(crate::eval::detection::DetectionEvalArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -142,6 +145,7 @@ pub async fn main() -> ExitCode {
                 .await
                 .unwrap_or_else(|e| Err(anyhow::anyhow!("eval panicked: {e}")))
         }
+        Command::Eval(EvalCommand::Detection(args)) => crate::eval::detection::run(args).await,
         Command::Bench(BenchCommand::Clustering(args)) => {
             tokio::task::spawn_blocking(move || crate::bench::clustering::run(&args))
                 .await

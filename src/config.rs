@@ -222,6 +222,10 @@ pub struct ClusterSettings {
     pub maintenance_every_events: u64,
     /// Scrubbed summaries kept per cluster for labels.
     pub reservoir_size: usize,
+    /// An account is "fresh" until it has been active for this long (seconds of event time):
+    /// the coordinated detector trusts tight bursts of fresh accounts more than waves of
+    /// established ones. See `cluster/accounts.rs`. 3600.
+    pub fresh_account_secs: i64,
     /// Nearest-centroid index: `exact` (a linear scan; measured fastest up to 20k clusters on
     /// 2 cores, see `bench clustering`) or `hnsw` (exact below `hnsw.min_graph_size`
     /// clusters, an instant-distance graph above).
@@ -283,6 +287,7 @@ impl Default for ClusterSettings {
             split_min_members: 25,
             maintenance_every_events: 1000,
             reservoir_size: 24,
+            fresh_account_secs: 3600,
             index: IndexKind::Exact,
             hnsw: Default::default(),
             hierarchy: Default::default(),
@@ -317,6 +322,12 @@ pub struct CoordinatedSettings {
     pub min_population: usize,
     /// Tightness needed while the population is too small for robust statistics. 0.85.
     pub fallback_min_tightness: f64,
+    /// Share of the window's accounts that must be fresh (first seen within
+    /// `cluster.fresh_account_secs`) for the tightness z alone to mark coordination. 0.5.
+    pub min_fresh_share: f64,
+    /// Extra tightness z needed when the accounts are established: a wave of existing users
+    /// asking the same thing is usually news, not abuse. 1.5.
+    pub established_extra_z: f64,
     /// A template counts as shared once this many distinct accounts used it in the window. 10.
     pub duplication_min_accounts: usize,
     /// Share of the window's joins on one shared template that marks a script, whatever the
@@ -346,6 +357,8 @@ impl Default for CoordinatedSettings {
             min_tightness_z: 3.0,
             min_population: 20,
             fallback_min_tightness: 0.85,
+            min_fresh_share: 0.5,
+            established_extra_z: 1.5,
             duplication_min_accounts: 10,
             min_duplication: 0.5,
             min_growth: 3.0,

@@ -110,6 +110,8 @@ pub struct ClusterEvidence {
     /// counts its whole history as growth).
     pub growth: f64,
     pub top_account_share: f64,
+    /// Share of the accounts that were fresh (first seen within `cluster.fresh_account_secs`).
+    pub fresh_account_share: f64,
     pub refusal_rate: f64,
     pub mean_concern: f64,
     /// Share of members an upstream classifier flagged.

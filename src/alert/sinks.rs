@@ -38,7 +38,8 @@ pub fn describe(r: &AlertRecord) -> String {
         AlertStats::Cluster(c) => format!(
             "{accounts} accounts / {convs} conversations, {wacc} accounts in window, \
              {apm:.1} accounts/min, tightness {tight:.3} (z={z:.1}), duplication {dup:.2}, \
-             growth x{growth:.1}, top account share {top:.2}, concern {concern:.1}, \
+             growth x{growth:.1}, top account share {top:.2}, fresh accounts {fresh:.2}, \
+             concern {concern:.1}, \
              refusals {refusal:.2}, classifier flags {flags:.2}, surfaces {surfaces:?}, \
              languages {languages:?}",
             accounts = c.accounts,
@@ -50,6 +51,7 @@ pub fn describe(r: &AlertRecord) -> String {
             dup = c.duplication_rate,
             growth = c.growth,
             top = c.top_account_share,
+            fresh = c.fresh_account_share,
             concern = c.mean_concern,
             refusal = c.refusal_rate,
             flags = c.classifier_flag_rate,

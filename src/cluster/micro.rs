@@ -57,6 +57,8 @@ pub struct MicroCluster {
     pub tasks: BTreeMap<String, u64>,
     pub refused: u64,
     pub classifier_flagged: u64,
+    /// Members whose account was fresh when they joined (see `cluster::accounts`).
+    pub fresh_joins: u64,
     /// Concern scores 1..=5 at index 0..=4.
     pub concern_histogram: [u64; 5],
     pub recent: RecentJoins,
@@ -123,6 +125,7 @@ impl MicroCluster {
         vector: &[f32],
         distinct_cap: usize,
         reservoir_size: usize,
+        fresh_account: bool,
     ) -> Self {
         let mut c = MicroCluster::empty(
             id,
@@ -131,7 +134,7 @@ impl MicroCluster {
             distinct_cap,
             reservoir_size,
         );
-        c.absorb(meta, summary, vector, 1.0, 0);
+        c.absorb(meta, summary, vector, 1.0, 0, fresh_account);
         c
     }
 
@@ -160,6 +163,7 @@ impl MicroCluster {
             tasks: BTreeMap::new(),
             refused: 0,
             classifier_flagged: 0,
+            fresh_joins: 0,
             concern_histogram: [0; 5],
             recent: RecentJoins::default(),
             reservoir: Reservoir::new(reservoir_size),
@@ -261,6 +265,7 @@ impl MicroCluster {
         vector: &[f32],
         similarity: f32,
         half_life_ms: i64,
+        fresh_account: bool,
     ) {
         self.count += 1;
         self.last_seen_ms = self.last_seen_ms.max(meta.event_time_ms);
@@ -289,6 +294,7 @@ impl MicroCluster {
         if meta.classifier_flagged {
             self.classifier_flagged += 1;
         }
+        self.fresh_joins += u64::from(fresh_account);
         let bucket = usize::from(summary.concern.clamp(1, 5) - 1);
         self.concern_histogram[bucket] += 1;
         self.recent.push(
@@ -297,6 +303,7 @@ impl MicroCluster {
             meta.org_key,
             similarity,
             meta.template,
+            fresh_account,
         );
         self.templates.record(meta.template, meta.account_key);
         self.reservoir.offer(
@@ -340,6 +347,7 @@ impl MicroCluster {
         }
         self.refused += other.refused;
         self.classifier_flagged += other.classifier_flagged;
+        self.fresh_joins += other.fresh_joins;
         for (mine, theirs) in self
             .concern_histogram
             .iter_mut()
@@ -402,6 +410,8 @@ struct Join {
     similarity: f32,
     /// Template fingerprint (0: none).
     template: u64,
+    /// The account was fresh (see `cluster::accounts`) when it joined.
+    fresh: bool,
 }
 
 /// How one template is used inside the window: joins and joins per distinct account.
@@ -420,6 +430,8 @@ pub struct RecentJoins {
     per_account: HashMap<u64, u32>,
     per_org: HashMap<u64, u32>,
     per_template: HashMap<u64, TemplateUse>,
+    /// Fresh joins per account.
+    fresh_accounts: HashMap<u64, u32>,
     similarity_sum: f64,
 }
 
@@ -440,6 +452,7 @@ impl RecentJoins {
         org: Option<u64>,
         similarity: f32,
         template: u64,
+        fresh: bool,
     ) {
         // Keep the deque ordered by time even if events arrive slightly out of order.
         let pos = self
@@ -453,8 +466,12 @@ impl RecentJoins {
                 org,
                 similarity,
                 template,
+                fresh,
             },
         );
+        if fresh {
+            *self.fresh_accounts.entry(account).or_default() += 1;
+        }
         *self.per_account.entry(account).or_default() += 1;
         if let Some(org) = org {
             *self.per_org.entry(org).or_default() += 1;
@@ -483,6 +500,9 @@ impl RecentJoins {
                     self.per_template.remove(&join.template);
                 }
             }
+            if join.fresh {
+                count_down(&mut self.fresh_accounts, join.account);
+            }
             self.similarity_sum -= f64::from(join.similarity);
             if self.joins.is_empty() {
                 // Re-anchor the running sum so float error cannot accumulate across windows.
@@ -500,6 +520,7 @@ impl RecentJoins {
                 join.org,
                 join.similarity,
                 join.template,
+                join.fresh,
             );
         }
     }
@@ -527,6 +548,11 @@ impl RecentJoins {
     pub fn top_account_share(&self) -> f64 {
         let top = self.per_account.values().copied().max().unwrap_or(0);
         top as f64 / self.joins.len().max(1) as f64
+    }
+
+    /// Share of the window's distinct accounts that were fresh when they joined.
+    pub fn fresh_account_share(&self) -> f64 {
+        self.fresh_accounts.len() as f64 / self.per_account.len().max(1) as f64
     }
 
     /// Mean similarity of the window's members to the centroid when they joined.
@@ -634,9 +660,10 @@ mod tests {
     #[test]
     fn recent_window_counts_and_expires() {
         let mut r = RecentJoins::default();
-        r.push(1000, 1, Some(10), 0.9, 7);
-        r.push(3000, 2, None, 0.7, 7);
-        r.push(2000, 1, Some(11), 0.8, 0);
+        r.push(1000, 1, Some(10), 0.9, 7, true);
+        r.push(3000, 2, None, 0.7, 7, false);
+        r.push(2000, 1, Some(11), 0.8, 0, false);
+        assert!((r.fresh_account_share() - 0.5).abs() < 1e-9);
         assert_eq!(r.distinct_orgs(), 2);
         assert_eq!(r.joins(), 3);
         assert_eq!(r.distinct_accounts(), 2);
@@ -658,14 +685,15 @@ mod tests {
         use crate::cluster::state::tests::{meta, summary};
         let day = 86_400_000;
         let v = [1.0f32, 0.0];
-        let mut a = MicroCluster::found(1, &meta("c1", "a1", 0), &summary("x"), &v, 100, 4);
+        let mut a = MicroCluster::found(1, &meta("c1", "a1", 0), &summary("x"), &v, 100, 4, true);
         assert!((a.weight_at(day, day) - 0.5).abs() < 1e-9);
         assert!((a.weight_at(2 * day, day) - 0.25).abs() < 1e-9);
-        a.absorb(&meta("c2", "a2", day), &summary("y"), &v, 0.9, day);
+        a.absorb(&meta("c2", "a2", day), &summary("y"), &v, 0.9, day, true);
         assert!((a.weight_at(day, day) - 1.5).abs() < 1e-9);
         let w = [0.0f32, 1.0];
-        let mut b = MicroCluster::found(2, &meta("c3", "a2", day), &summary("z"), &w, 100, 4);
-        b.absorb(&meta("c4", "a3", day), &summary("z"), &w, 0.8, day);
+        let mut b =
+            MicroCluster::found(2, &meta("c3", "a2", day), &summary("z"), &w, 100, 4, false);
+        b.absorb(&meta("c4", "a3", day), &summary("z"), &w, 0.8, day, false);
         a.merge(&b, day);
         assert_eq!(a.count, 4);
         assert_eq!(a.accounts.count(), 3);

@@ -4,6 +4,7 @@
 //! threshold, and founds a new cluster otherwise. The state owns the per-cluster statistics the
 //! detectors read, and the de-duplication set that makes redelivery harmless.
 
+pub mod accounts;
 pub mod clock;
 pub mod ctfidf;
 pub mod dedup;

@@ -46,6 +46,7 @@ pub struct SnapshotBody {
     pub domain_labels: BTreeMap<u64, String>,
     pub lifecycle_totals: [u64; 4],
     pub moved: Vec<ClusterId>,
+    pub account_history: super::accounts::AccountHistory,
     /// Source topic and, per partition, the next offset to read.
     pub source_topic: String,
     pub offsets: BTreeMap<i32, i64>,
@@ -176,6 +177,7 @@ mod tests {
             domain_labels: Default::default(),
             lifecycle_totals: [1, 2, 3, 4],
             moved: vec![4],
+            account_history: crate::cluster::accounts::AccountHistory::new(3600),
             source_topic: "t".into(),
             offsets: BTreeMap::from([(0, 10), (3, 99)]),
         }

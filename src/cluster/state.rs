@@ -69,6 +69,8 @@ pub struct ClusterState {
     clusters: BTreeMap<ClusterId, MicroCluster>,
     next_id: ClusterId,
     seen: SeenConversations,
+    /// Which accounts are fresh (first seen within the last period or two).
+    account_history: super::accounts::AccountHistory,
     clock: EventClock,
     clustered_events: u64,
     topics: TopicTracker,
@@ -211,6 +213,7 @@ impl ClusterState {
     pub fn new(settings: ClusterSettings, dimension: usize, embedder_id: &str) -> Self {
         ClusterState {
             seen: SeenConversations::new(settings.dedup_window_secs),
+            account_history: super::accounts::AccountHistory::new(settings.fresh_account_secs),
             index: new_index(&settings, dimension, true),
             settings,
             dimension,
@@ -288,6 +291,7 @@ impl ClusterState {
             domain_labels: self.domain_labels.clone(),
             lifecycle_totals: self.lifecycle_totals,
             moved: self.moved.iter().copied().collect(),
+            account_history: self.account_history.clone(),
             source_topic: source_topic.to_string(),
             offsets,
         }
@@ -327,6 +331,7 @@ impl ClusterState {
         state.domain_labels = body.domain_labels;
         state.lifecycle_totals = body.lifecycle_totals;
         state.moved = body.moved.into_iter().collect();
+        state.account_history = body.account_history;
         Ok(state)
     }
 
@@ -404,6 +409,9 @@ impl ClusterState {
             self.seen.expire(self.clock.now_ms());
         }
         self.clustered_events += 1;
+        let fresh = self
+            .account_history
+            .observe(meta.account_key, self.clock.now_ms());
         let nearest = match prefetched {
             Some(candidates) => {
                 self.prefetch
@@ -416,7 +424,7 @@ impl ClusterState {
                 let half_life_ms = self.half_life_ms();
                 let probe_from = u64::from(self.settings.split_min_members);
                 if let Some(cluster) = self.clusters.get_mut(&id) {
-                    cluster.absorb(meta, summary, vector, similarity, half_life_ms);
+                    cluster.absorb(meta, summary, vector, similarity, half_life_ms, fresh);
                     cluster.probe_for_split(probe_from);
                     self.index.upsert(id, &cluster.centroid);
                     self.prefetch.note_changed(id);
@@ -430,13 +438,19 @@ impl ClusterState {
                 tracing::error!("centroid index referenced a missing cluster; removing it");
                 self.index.remove(id);
                 self.prefetch.note_changed(id);
-                self.found(meta, summary, vector)
+                self.found(meta, summary, vector, fresh)
             }
-            _ => self.found(meta, summary, vector),
+            _ => self.found(meta, summary, vector, fresh),
         })
     }
 
-    fn found(&mut self, meta: &EventMeta, summary: &Summary, vector: &[f32]) -> Assignment {
+    fn found(
+        &mut self,
+        meta: &EventMeta,
+        summary: &Summary,
+        vector: &[f32],
+        fresh: bool,
+    ) -> Assignment {
         let id = self.next_id;
         self.next_id += 1;
         let cluster = MicroCluster::found(
@@ -446,6 +460,7 @@ impl ClusterState {
             vector,
             self.settings.distinct_cap,
             self.settings.reservoir_size,
+            fresh,
         );
         self.index.upsert(id, &cluster.centroid);
         self.prefetch.note_changed(id);

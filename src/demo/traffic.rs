@@ -12,9 +12,10 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::json;
 
-const CLINC150: &str = include_str!("../../tests/fixtures/traffic/clinc150_test.jsonl");
-const BANKING77: &str = include_str!("../../tests/fixtures/traffic/banking77_test.jsonl");
-const SMS_SPAM: &str = include_str!("../../tests/fixtures/traffic/sms_spam.jsonl");
+pub(crate) const CLINC150: &str = include_str!("../../tests/fixtures/traffic/clinc150_test.jsonl");
+pub(crate) const BANKING77: &str =
+    include_str!("../../tests/fixtures/traffic/banking77_test.jsonl");
+pub(crate) const SMS_SPAM: &str = include_str!("../../tests/fixtures/traffic/sms_spam.jsonl");
 
 /// The spam campaign the demo injects (a shared premium number in the UCI data).
 pub const DEMO_CAMPAIGN_KEY: &str = "num:08000930705";
@@ -106,13 +107,15 @@ pub struct GeneratedMessage {
 }
 
 #[derive(serde::Deserialize)]
-struct Row {
-    text: String,
+pub(crate) struct Row {
+    pub text: String,
     #[serde(default)]
-    meta: Option<serde_json::Value>,
+    pub label: Option<String>,
+    #[serde(default)]
+    pub meta: Option<serde_json::Value>,
 }
 
-fn rows(data: &str) -> Vec<Row> {
+pub(crate) fn rows(data: &str) -> Vec<Row> {
     data.lines()
         .filter_map(|l| serde_json::from_str::<Row>(l).ok())
         .collect()
@@ -155,7 +158,7 @@ const CAMPAIGN_TEMPLATES: &[&str] = &[
 ];
 
 #[allow(clippy::too_many_arguments)]
-fn event(
+pub(crate) fn event(
     conversation_id: &str,
     account: &str,
     org: Option<&str>,
@@ -185,7 +188,7 @@ fn event(
     v
 }
 
-fn pick_surface(rng: &mut ChaCha8Rng) -> &'static str {
+pub(crate) fn pick_surface(rng: &mut ChaCha8Rng) -> &'static str {
     let x: f64 = rng.gen();
     let mut acc = 0.0;
     for (s, p) in SURFACES {

@@ -15,11 +15,13 @@
 //! - novelty: growth of at least `min_growth` over what the cluster's own history predicts (a topic
 //!   that is always this busy is not news);
 //! - coordination: the cluster is much tighter than clusters of similar size — a robust z-score
-//!   (median/MAD over the live population, by size class) of at least `min_tightness_z` — or at
-//!   least `min_duplication` of its joins used one template that `duplication_min_accounts`
-//!   accounts shared (a script pasted into a busy organic topic, which leaves tightness alone).
-//!   A thousand accounts each asking for the weather in their own words is loose and unscripted,
-//!   so it is neither;
+//!   (median/MAD over the live population, by size class) of at least `min_tightness_z`, plus
+//!   `established_extra_z` unless at least `min_fresh_share` of the accounts are fresh (first
+//!   seen within `cluster.fresh_account_secs`) — or at least `min_duplication` of its joins used
+//!   one template that `duplication_min_accounts` accounts shared (a script pasted into a busy
+//!   organic topic, which leaves tightness alone). Throwaway accounts are what spam networks run
+//!   on; a wave of existing users asking for the weather in their own words is tight (it is one
+//!   question) but established and unscripted, so it needs much stronger evidence;
 //! - and it passes the privacy gate, since an alert shows the cluster.
 //!
 //! Severity grows with accounts and speed: `critical` from `critical_accounts` window accounts
@@ -111,6 +113,8 @@ struct Scale {
     top_account_share: f64,
     duplication: f64,
     growth: f64,
+    /// Share of the accounts that were fresh when they joined.
+    fresh_share: f64,
     start_ms: i64,
 }
 
@@ -163,9 +167,19 @@ impl CoordinatedDetector {
             .population
             .similar_to(cluster.count, s.min_population)
             .map(|p| p.z(tightness, MIN_TIGHTNESS_SCALE));
-        let tight = |margin: f64| match tightness_z {
-            Some(z) => z >= s.min_tightness_z - margin,
-            None => tightness >= s.fallback_min_tightness - margin * MIN_TIGHTNESS_SCALE,
+        // Established accounts need `established_extra_z` more: see the module docs.
+        let tight = |margin: f64, fresh_share: f64| {
+            let extra = if fresh_share >= s.min_fresh_share {
+                0.0
+            } else {
+                s.established_extra_z
+            };
+            match tightness_z {
+                Some(z) => z >= s.min_tightness_z + extra - margin,
+                None => {
+                    tightness >= s.fallback_min_tightness + (extra - margin) * MIN_TIGHTNESS_SCALE
+                }
+            }
         };
         let shown = self.gate.admits(cluster);
         let holds = |scale: &Scale, share: f64, z_margin: f64| {
@@ -173,7 +187,8 @@ impl CoordinatedDetector {
                 && scale.accounts as f64 >= s.min_window_accounts as f64 * share
                 && scale.top_account_share <= s.max_top_account_share
                 && scale.growth >= s.min_growth * share
-                && (tight(z_margin) || scale.duplication >= s.min_duplication * share)
+                && (tight(z_margin, scale.fresh_share)
+                    || scale.duplication >= s.min_duplication * share)
         };
         let window_enter = holds(&window, 1.0, 0.0);
         let slow_enter = slow.as_ref().is_some_and(|l| holds(l, 1.0, 0.0));
@@ -238,6 +253,7 @@ fn window_scale(cluster: &MicroCluster, now_ms: i64, window_ms: i64, dup_account
         top_account_share: recent.top_account_share(),
         duplication: recent.duplication_rate(dup_accounts),
         growth: joins as f64 / expected,
+        fresh_share: recent.fresh_account_share(),
         start_ms: first,
     }
 }
@@ -255,6 +271,8 @@ fn lifetime_scale(cluster: &MicroCluster, now_ms: i64, dup_accounts: usize) -> S
         top_account_share: top_share.clamp(0.0, 1.0),
         duplication: cluster.templates.duplication_rate(dup_accounts),
         growth: cluster.count as f64,
+        // By joins, not accounts: a fresh account's later joins count as fresh too.
+        fresh_share: cluster.fresh_joins as f64 / cluster.count.max(1) as f64,
         start_ms: cluster.born_ms,
     }
 }
@@ -277,6 +295,7 @@ fn evidence(cluster: &MicroCluster, scale: &Scale, tightness: f64, z: f64) -> Cl
         duplication_rate: round4(scale.duplication),
         growth: round4(scale.growth),
         top_account_share: round4(scale.top_account_share),
+        fresh_account_share: round4(scale.fresh_share),
         refusal_rate: round4(cluster.refusal_rate()),
         mean_concern: round4(cluster.mean_concern()),
         classifier_flag_rate: round4(cluster.classifier_flag_rate()),

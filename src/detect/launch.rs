@@ -137,14 +137,39 @@ fn js_divergence(p: &Mix, q: &Mix) -> f64 {
     js.clamp(0.0, 1.0)
 }
 
-/// The divergence two samples of one distribution show by chance (see the module docs).
-fn js_noise_floor(p: &Mix, q: &Mix) -> f64 {
-    let mut keys: Vec<&Category> = p.categories.keys().chain(q.categories.keys()).collect();
-    keys.sort_unstable();
-    keys.dedup();
-    let k = keys.len().saturating_sub(1) as f64;
-    k / (8.0 * std::f64::consts::LN_2)
-        * (1.0 / p.conversations.max(1) as f64 + 1.0 / q.conversations.max(1) as f64)
+/// Draws for the noise floor.
+const NULL_DRAWS: usize = 5;
+
+/// The divergence a sample of `n` conversations drawn from `baseline` itself shows against it:
+/// the mean over a few seeded draws (a parametric bootstrap). Sparse mixes — many topics, few
+/// conversations each — diverge a lot by chance alone, far more than the asymptotic
+/// (K−1)(1/N₁+1/N₂)/(8 ln 2), so the floor is measured rather than assumed. The seed comes from
+/// the evaluation time, so a replay draws the same samples.
+fn js_noise_floor(baseline: &Mix, n: u64, seed: u64) -> f64 {
+    use rand::{Rng, SeedableRng};
+    let mut categories: Vec<(&Category, &u64)> = baseline.categories.iter().collect();
+    categories.sort_unstable();
+    let mut cumulative = Vec::with_capacity(categories.len());
+    let mut acc = 0u64;
+    for (_, count) in &categories {
+        acc += **count;
+        cumulative.push(acc);
+    }
+    if acc == 0 || n == 0 {
+        return 0.0;
+    }
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut total = 0.0;
+    for _ in 0..NULL_DRAWS {
+        let mut sample = Mix::default();
+        for _ in 0..n {
+            let x = rng.gen_range(0..acc);
+            let i = cumulative.partition_point(|c| *c <= x);
+            sample.add(*categories[i].0, 1, false);
+        }
+        total += js_divergence(&sample, baseline);
+    }
+    total / NULL_DRAWS as f64
 }
 
 pub struct LaunchMonitor {
@@ -267,7 +292,7 @@ impl LaunchMonitor {
             0.0
         };
         let excess = if judged {
-            js - js_noise_floor(&own, &baseline)
+            js - js_noise_floor(&baseline, own.conversations, now_ms as u64)
         } else {
             0.0
         };
@@ -402,21 +427,26 @@ mod tests {
     }
 
     #[test]
-    fn the_noise_floor_explains_sampling_divergence() {
+    fn the_noise_floor_explains_sampling_divergence_but_not_a_shift() {
         use rand::{Rng, SeedableRng};
-        // Two samples of one 50-topic distribution: their JS is mostly noise.
+        // Samples of one sparse 200-topic distribution: their JS is mostly noise.
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
-        let mut draw = |n: usize| {
+        let mut draw = |n: usize, topics: std::ops::Range<u64>| {
             let mut m = Mix::default();
             for _ in 0..n {
-                m.add(Category::Topic(rng.gen_range(0..50)), 1, false);
+                m.add(Category::Topic(rng.gen_range(topics.clone())), 1, false);
             }
             m
         };
-        let (a, b) = (draw(300), draw(3000));
+        let (a, b) = (draw(300, 0..200), draw(3000, 0..200));
         let js = js_divergence(&a, &b);
-        let floor = js_noise_floor(&a, &b);
-        assert!(js > 0.03, "finite samples diverge: {js}");
-        assert!(js - floor < 0.03, "js {js} floor {floor}");
+        let floor = js_noise_floor(&b, a.conversations, 1);
+        assert!(js > 0.2, "sparse samples diverge: {js}");
+        assert!((js - floor).abs() < 0.05, "js {js} floor {floor}");
+        // Half the surface's traffic on topics the baseline never saw.
+        let mut shifted = draw(150, 0..200);
+        shifted.absorb(&draw(150, 500..510));
+        let js = js_divergence(&shifted, &b);
+        assert!(js - js_noise_floor(&b, 300, 1) > 0.2, "{js}");
     }
 }

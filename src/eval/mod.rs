@@ -10,5 +10,6 @@
 //! Both are pure Rust and single-threaded, so a run is deterministic for a given seed.
 
 pub mod clustering;
+pub mod detection;
 pub mod kmeans;
 pub mod metrics;
