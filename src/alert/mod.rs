@@ -5,6 +5,7 @@
 
 pub mod alertmanager;
 pub mod sinks;
+pub mod spool;
 
 use std::collections::BTreeMap;
 
