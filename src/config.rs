@@ -485,33 +485,60 @@ impl Default for PrivacySettings {
     }
 }
 
-/// Alert delivery.
+/// Alert delivery: which sinks get alerts, and the spool and retry policy the network sinks share
+/// (see `alert/spool.rs` and `alert/delivery.rs`). Every network sink is off until configured.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AlertSettings {
+    /// Print alerts on stdout as they change state (the demo turns this on).
+    pub print: bool,
     /// Base URL of Alertmanager (e.g. `http://127.0.0.1:9093`); empty disables the sink.
     pub alertmanager_url: String,
     /// Firing alerts are re-sent this often (wall clock) so Alertmanager does not time them out.
     pub alertmanager_resend_secs: u64,
     /// Per-request timeout towards Alertmanager, in milliseconds.
     pub alertmanager_timeout_ms: u64,
-    /// Delivery attempts before an alert is parked for the next resend.
-    pub alertmanager_max_attempts: u32,
-    /// Print alerts on stdout as they change state (the demo turns this on).
-    pub print: bool,
-    /// Written into `generatorURL` of Alertmanager alerts, e.g. a Grafana dashboard link.
+    /// Written into `generatorURL` of Alertmanager alerts and `client_url` of PagerDuty events,
+    /// e.g. a Grafana dashboard link.
     pub generator_url: String,
+    /// Directory of the network sinks' on-disk queues (one subdirectory per sink). Empty keeps the
+    /// queues in memory: alerts waiting out an outage are then lost if the process restarts.
+    pub spool_dir: String,
+    /// Records each sink's queue holds at most; beyond it the oldest is dropped (and counted in
+    /// `clusterwatch_alert_spool_dropped_total`). 10000.
+    pub spool_max_records: usize,
+    /// First retry delay after a failed delivery, in milliseconds; it doubles per retry, with full
+    /// jitter. 500.
+    pub backoff_initial_ms: u64,
+    /// Longest retry delay, in milliseconds. 60000.
+    pub backoff_max_ms: u64,
+    /// Longest `Retry-After` honoured, in milliseconds; a server asking for more gets this. 300000.
+    pub retry_after_max_ms: u64,
+    /// At shutdown each sink delivers what it can for this long, in milliseconds; the rest stays
+    /// in the spool. 10000.
+    pub close_timeout_ms: u64,
+    pub slack: crate::alert::slack::SlackSettings,
+    pub pagerduty: crate::alert::pagerduty::PagerDutySettings,
+    pub kafka: crate::alert::kafka::KafkaAlertSettings,
 }
 
 impl Default for AlertSettings {
     fn default() -> Self {
         AlertSettings {
+            print: false,
             alertmanager_url: String::new(),
             alertmanager_resend_secs: 60,
             alertmanager_timeout_ms: 5_000,
-            alertmanager_max_attempts: 5,
-            print: false,
             generator_url: String::new(),
+            spool_dir: String::new(),
+            spool_max_records: 10_000,
+            backoff_initial_ms: 500,
+            backoff_max_ms: 60_000,
+            retry_after_max_ms: 300_000,
+            close_timeout_ms: 10_000,
+            slack: Default::default(),
+            pagerduty: Default::default(),
+            kafka: Default::default(),
         }
     }
 }

@@ -6,7 +6,10 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 use crate::alert::alertmanager::AlertmanagerSink;
+use crate::alert::kafka::KafkaAlertSink;
+use crate::alert::pagerduty::PagerDutySink;
 use crate::alert::sinks::{AlertSink, StdoutSink};
+use crate::alert::slack::SlackSink;
 use crate::cluster::{snapshot, ClusterState};
 use crate::config::{Settings, SummarizerKind};
 use crate::embed::{self, Embedder};
@@ -75,18 +78,32 @@ pub async fn build_embedder(
     Ok(Arc::from(embedder))
 }
 
-/// Alert sinks named by the settings: stdout when `print`, Alertmanager when a URL is set.
+/// Alert sinks named by the settings: stdout when `print`, Alertmanager when a URL is set, Slack
+/// and PagerDuty when their secret's variable is named, the alerts topic when it is named. A sink
+/// that is configured but cannot start (its variable unset, its spool unwritable) is an error, not
+/// a silently missing pager.
 pub fn configured_alert_sinks(
     settings: &Settings,
     metrics: &Metrics,
 ) -> anyhow::Result<Vec<Box<dyn AlertSink>>> {
+    let alerts = &settings.alerts;
     let mut sinks: Vec<Box<dyn AlertSink>> = Vec::new();
-    if settings.alerts.print {
+    if alerts.print {
         sinks.push(Box::new(StdoutSink));
     }
-    if !settings.alerts.alertmanager_url.is_empty() {
-        sinks.push(Box::new(AlertmanagerSink::new(
-            &settings.alerts,
+    if !alerts.alertmanager_url.is_empty() {
+        sinks.push(Box::new(AlertmanagerSink::new(alerts, metrics.clone())?));
+    }
+    if alerts.slack.enabled() {
+        sinks.push(Box::new(SlackSink::new(alerts, metrics.clone())?));
+    }
+    if alerts.pagerduty.enabled() {
+        sinks.push(Box::new(PagerDutySink::new(alerts, metrics.clone())?));
+    }
+    if alerts.kafka.enabled() {
+        sinks.push(Box::new(KafkaAlertSink::new(
+            &settings.kafka,
+            alerts,
             metrics.clone(),
         )?));
     }

@@ -1,21 +1,29 @@
 //! Pushes alerts to Alertmanager's v2 API (`POST /api/v2/alerts`), so Alertmanager can route them
-//! to Slack or PagerDuty.
+//! to Slack or PagerDuty and apply its silences and inhibitions.
 //!
-//! Delivery runs on its own task behind a bounded queue, so a slow Alertmanager slows the
-//! pipeline rather than losing alerts. Each post is retried with exponential backoff. Firing
-//! alerts are re-sent every `alertmanager_resend_secs`, because Alertmanager resolves an alert it
-//! has not heard of for `resolve_timeout`, and a re-send also repairs any post that was given up
-//! on. Alertmanager's `startsAt`/`endsAt` are wall-clock times (it compares them with its own
-//! clock); the alert's event times travel as annotations.
+//! Records go through the sink's spool and delivery worker (`delivery.rs`): an Alertmanager
+//! outage, even one spanning a restart, delays alerts instead of losing them. The spool keeps only
+//! the latest record per dedup key, because Alertmanager keeps only an alert's latest state;
+//! up to 64 queued alerts go in one post. Pending records are skipped (Alertmanager has no
+//! pending), and so is the resolve of an alert it was never told about.
+//!
+//! Firing alerts are re-sent every `alertmanager_resend_secs`, because Alertmanager resolves an
+//! alert it has not heard of for `resolve_timeout`. The re-send set is the alerts this process
+//! delivered as firing and has not resolved; it is not persisted, like the detector's state, so an
+//! alert left firing by an earlier process times out in Alertmanager unless the detector fires it
+//! again. Alertmanager's `startsAt`/`endsAt` are wall-clock times (it compares them with its own
+//! clock): the time the record was queued, so an alert delivered late still says when it changed;
+//! the alert's event times travel as annotations.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::Serialize;
-use tokio::sync::mpsc;
 
+use super::delivery::{self, AdmitAnnounced, DeliveryError, QueuedSink, SpoolInfo, Transport};
 use super::sinks::AlertSink;
-use super::{AlertRecord, AlertStatus};
+use super::spool::{Entry, Policy};
+use super::{AlertRecord, AlertStatus, Severity};
 use crate::config::AlertSettings;
 use crate::export::Metrics;
 
@@ -86,150 +94,159 @@ fn alert_name(record: &AlertRecord) -> String {
     name
 }
 
-fn now_rfc3339() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+/// RFC 3339 with milliseconds, the format Alertmanager writes.
+fn wall_clock(ms: i64) -> String {
+    chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
-pub struct AlertmanagerSink {
-    queue: Option<mpsc::Sender<AlertRecord>>,
-    worker: Option<tokio::task::JoinHandle<()>>,
-}
+/// Alerts posted at most in one request.
+const MAX_BATCH: usize = 64;
+
+/// The Alertmanager sink: a [`QueuedSink`] with the Alertmanager transport.
+pub struct AlertmanagerSink(QueuedSink);
 
 impl AlertmanagerSink {
     pub fn new(settings: &AlertSettings, metrics: Metrics) -> anyhow::Result<Self> {
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_millis(settings.alertmanager_timeout_ms))
-            .build()
-            .map_err(|e| anyhow::anyhow!("cannot build HTTP client: {e}"))?;
-        let url = format!(
-            "{}/api/v2/alerts",
-            settings.alertmanager_url.trim_end_matches('/')
-        );
-        let (tx, rx) = mpsc::channel(1024);
-        let worker = tokio::spawn(worker(rx, client, url, settings.clone(), metrics));
-        Ok(AlertmanagerSink {
-            queue: Some(tx),
-            worker: Some(worker),
-        })
+        let transport = AlertmanagerTransport {
+            client: delivery::http_client(settings.alertmanager_timeout_ms)?,
+            url: format!(
+                "{}/api/v2/alerts",
+                settings.alertmanager_url.trim_end_matches('/')
+            ),
+            generator_url: settings.generator_url.clone(),
+            resend_every: Duration::from_secs(settings.alertmanager_resend_secs.max(1)),
+            active: BTreeMap::new(),
+            metrics: metrics.clone(),
+        };
+        Ok(AlertmanagerSink(QueuedSink::start(
+            transport,
+            AdmitAnnounced::new(Severity::Info),
+            Policy::LatestPerKey,
+            settings,
+            metrics,
+        )?))
+    }
+
+    /// Records waiting for delivery.
+    pub fn queued(&self) -> usize {
+        self.0.queued()
     }
 }
 
 #[async_trait::async_trait]
 impl AlertSink for AlertmanagerSink {
     async fn deliver(&mut self, record: &AlertRecord) {
-        if let Some(queue) = &self.queue {
-            if queue.send(record.clone()).await.is_err() {
-                tracing::error!("Alertmanager worker stopped; alert not queued");
-            }
-        }
+        self.0.deliver(record).await;
     }
 
     async fn close(&mut self) {
-        self.queue.take();
-        if let Some(worker) = self.worker.take() {
-            let _ = worker.await;
-        }
+        self.0.close().await;
     }
 }
 
-/// Firing alerts as last posted, by dedup key, with the wall-clock time they started.
+/// A firing alert as last delivered, with the wall-clock time it started.
 struct Active {
     record: AlertRecord,
     starts_at: String,
 }
 
-async fn worker(
-    mut queue: mpsc::Receiver<AlertRecord>,
+struct AlertmanagerTransport {
     client: reqwest::Client,
     url: String,
-    settings: AlertSettings,
+    generator_url: String,
+    resend_every: Duration,
+    /// Alerts this process delivered as firing, by dedup key: the re-send set.
+    active: BTreeMap<String, Active>,
     metrics: Metrics,
-) {
-    let mut active: BTreeMap<String, Active> = BTreeMap::new();
-    let mut resend = tokio::time::interval(Duration::from_secs(
-        settings.alertmanager_resend_secs.max(1),
-    ));
-    resend.tick().await;
-    loop {
-        tokio::select! {
-            next = queue.recv() => {
-                let Some(record) = next else { break };
-                let key = record.dedup_key();
-                let alert = match record.status {
-                    // Alertmanager has no notion of pending.
-                    AlertStatus::Pending => continue,
-                    AlertStatus::Firing => {
-                        let starts_at = active
-                            .get(&key)
-                            .map(|a| a.starts_at.clone())
-                            .unwrap_or_else(now_rfc3339);
-                        let alert = to_postable(&record, &starts_at, None, &settings.generator_url);
-                        active.insert(key, Active { record, starts_at });
-                        alert
-                    }
-                    AlertStatus::Resolved => match active.remove(&key) {
-                        Some(a) => to_postable(&record, &a.starts_at, Some(&now_rfc3339()), &settings.generator_url),
-                        // Withdrawn while pending: Alertmanager never heard of it.
-                        None => continue,
-                    },
-                };
-                post_with_retry(&client, &url, &[alert], &settings, &metrics).await;
-            }
-            _ = resend.tick() => {
-                if active.is_empty() {
-                    continue;
-                }
-                let alerts: Vec<PostableAlert> = active
-                    .values()
-                    .map(|a| to_postable(&a.record, &a.starts_at, None, &settings.generator_url))
-                    .collect();
-                post_with_retry(&client, &url, &alerts, &settings, &metrics).await;
-            }
-        }
+}
+
+impl AlertmanagerTransport {
+    fn starts_at(&self, entry: &Entry) -> String {
+        self.active
+            .get(&entry.record.dedup_key())
+            .map(|a| a.starts_at.clone())
+            .unwrap_or_else(|| wall_clock(entry.queued_ms))
     }
 }
 
-async fn post_with_retry(
-    client: &reqwest::Client,
-    url: &str,
-    alerts: &[PostableAlert],
-    settings: &AlertSettings,
-    metrics: &Metrics,
-) {
-    let mut delay = Duration::from_millis(200);
-    let attempts = settings.alertmanager_max_attempts.max(1);
-    for attempt in 1..=attempts {
-        let result = client.post(url).json(alerts).send().await;
-        match result {
-            Ok(resp) if resp.status().is_success() => {
-                metrics
-                    .alerts_delivered
-                    .with_label_values(&[SINK])
-                    .inc_by(alerts.len() as u64);
-                return;
-            }
-            Ok(resp) => {
-                metrics
-                    .alert_delivery_failures
-                    .with_label_values(&[SINK])
-                    .inc();
-                tracing::warn!(status = %resp.status(), attempt, "Alertmanager refused alerts");
-            }
-            Err(e) => {
-                metrics
-                    .alert_delivery_failures
-                    .with_label_values(&[SINK])
-                    .inc();
-                tracing::warn!(error = %e, attempt, "Alertmanager unreachable");
+#[async_trait::async_trait]
+impl Transport for AlertmanagerTransport {
+    fn name(&self) -> &'static str {
+        SINK
+    }
+
+    fn max_batch(&self) -> usize {
+        MAX_BATCH
+    }
+
+    async fn send(&mut self, batch: &[Entry], spool: &SpoolInfo) -> Result<(), DeliveryError> {
+        let alerts: Vec<PostableAlert> = batch
+            .iter()
+            .map(|entry| {
+                let ends_at = (entry.record.status == AlertStatus::Resolved)
+                    .then(|| wall_clock(entry.queued_ms));
+                to_postable(
+                    &entry.record,
+                    &self.starts_at(entry),
+                    ends_at.as_deref(),
+                    &self.generator_url,
+                )
+            })
+            .collect();
+        let result =
+            delivery::post_json(&self.client, &self.url, &alerts, |s| s.is_success()).await;
+        for entry in batch {
+            let key = entry.record.dedup_key();
+            match (&result, entry.record.status) {
+                (Ok(()), AlertStatus::Firing) if !spool.from_earlier_run(entry) => {
+                    let starts_at = self.starts_at(entry);
+                    self.active.insert(
+                        key,
+                        Active {
+                            record: entry.record.clone(),
+                            starts_at,
+                        },
+                    );
+                }
+                // A resolve that was delivered, or refused for good, ends the re-sends.
+                (Ok(()) | Err(DeliveryError::Permanent { .. }), AlertStatus::Resolved) => {
+                    self.active.remove(&key);
+                }
+                _ => {}
             }
         }
-        if attempt < attempts {
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(30));
+        result
+    }
+
+    fn tick_every(&self) -> Option<Duration> {
+        Some(self.resend_every)
+    }
+
+    async fn tick(&mut self) {
+        if self.active.is_empty() {
+            return;
+        }
+        let alerts: Vec<PostableAlert> = self
+            .active
+            .values()
+            .map(|a| to_postable(&a.record, &a.starts_at, None, &self.generator_url))
+            .collect();
+        // One attempt: the next tick is the retry.
+        if let Err(e) =
+            delivery::post_json(&self.client, &self.url, &alerts, |s| s.is_success()).await
+        {
+            self.metrics
+                .alert_delivery_failures
+                .with_label_values(&[SINK])
+                .inc();
+            tracing::warn!(
+                sink = SINK,
+                error = ?e,
+                alerts = alerts.len(),
+                "re-sending firing alerts to Alertmanager failed; trying again next interval"
+            );
         }
     }
-    tracing::error!(
-        alerts = alerts.len(),
-        "giving up on this Alertmanager post; firing alerts are re-sent on the next resend tick"
-    );
 }

@@ -4,7 +4,12 @@
 //! never members, account ids or text.
 
 pub mod alertmanager;
+pub mod delivery;
+pub mod kafka;
+pub mod pagerduty;
 pub mod sinks;
+pub mod slack;
+pub mod spool;
 
 use std::collections::BTreeMap;
 

@@ -1,7 +1,9 @@
 //! Alert sinks: where alert state changes go. Each sink sees every record, in order.
 //!
-//! `StdoutSink` prints for the demo, `JsonlSink` writes the `--alerts-out` contract, and
-//! [`super::alertmanager::AlertmanagerSink`] pushes to Alertmanager's v2 API.
+//! `StdoutSink` prints for the demo and `JsonlSink` writes the `--alerts-out` contract. The network
+//! sinks — [`super::alertmanager`], [`super::slack`], [`super::pagerduty`] and [`super::kafka`] —
+//! queue records in a spool and deliver them from a worker task (`delivery.rs`), so `deliver`
+//! returns once the record is queued, never waiting on the network.
 
 use std::io::Write;
 use std::path::Path;

@@ -49,6 +49,14 @@ pub struct Metrics {
     pub alerts: IntCounterVec,
     pub alerts_delivered: IntCounterVec,
     pub alert_delivery_failures: IntCounterVec,
+    /// Alert records a sink's endpoint refused for good (4xx other than 408/429), by `sink`.
+    pub alert_deliveries_rejected: IntCounterVec,
+    /// Records waiting in each sink's spool (on disk, or in memory without `alerts.spool_dir`).
+    pub alert_spool_records: IntGaugeVec,
+    /// Oldest records dropped because a spool reached `alerts.spool_max_records`, by `sink`.
+    pub alert_spool_dropped: IntCounterVec,
+    /// Spool trouble by `sink` and `reason`: `corrupt_line` (skipped on load), `write_failed`.
+    pub alert_spool_errors: IntCounterVec,
     /// Cluster lifecycle events by `event`: born, merged, died.
     pub cluster_lifecycle: IntCounterVec,
     pub live_clusters: IntGauge,
@@ -172,6 +180,37 @@ impl Metrics {
                     "Failed alert delivery attempts, by sink."
                 ),
                 &["sink"]
+            )),
+            alert_deliveries_rejected: reg!(IntCounterVec::new(
+                Opts::new(
+                    "clusterwatch_alert_deliveries_rejected_total",
+                    "Alert records dropped because the sink's endpoint refused them for good \
+                     (4xx other than 408/429), by sink."
+                ),
+                &["sink"]
+            )),
+            alert_spool_records: reg!(IntGaugeVec::new(
+                Opts::new(
+                    "clusterwatch_alert_spool_records",
+                    "Alert records queued for delivery, by sink."
+                ),
+                &["sink"]
+            )),
+            alert_spool_dropped: reg!(IntCounterVec::new(
+                Opts::new(
+                    "clusterwatch_alert_spool_dropped_total",
+                    "Oldest alert records dropped undelivered because the sink's spool was full, \
+                     by sink."
+                ),
+                &["sink"]
+            )),
+            alert_spool_errors: reg!(IntCounterVec::new(
+                Opts::new(
+                    "clusterwatch_alert_spool_errors_total",
+                    "Alert spool problems, by sink and reason: corrupt_line (skipped on load), \
+                     write_failed (the record stays queued in memory)."
+                ),
+                &["sink", "reason"]
             )),
             cluster_lifecycle: reg!(IntCounterVec::new(
                 Opts::new(
