@@ -314,8 +314,8 @@ pub struct CoordinatedSettings {
     pub min_window_accounts: usize,
     /// A single account may contribute at most this share of the window's joins. 0.5.
     pub max_top_account_share: f64,
-    /// Robust z-score of tightness against clusters of similar size that marks near-duplicate
-    /// content. 3.0.
+    /// A burst of fresh accounts must also be at least this tight, as a robust z-score against
+    /// clusters of similar size. 0.0: no looser than the median cluster of its size.
     pub min_tightness_z: f64,
     /// Clusters needed in a size class (neighbouring classes are pooled until there are this
     /// many) before the robust z is trusted; until then `fallback_min_tightness` applies. 20.
@@ -323,12 +323,11 @@ pub struct CoordinatedSettings {
     /// Tightness needed while the population is too small for robust statistics. 0.85.
     pub fallback_min_tightness: f64,
     /// Share of the window's accounts that must be fresh (first seen within
-    /// `cluster.fresh_account_secs`) for the tightness z alone to mark coordination. 0.5.
+    /// `cluster.fresh_account_secs`) for a burst without a shared script to count. 0.5.
     pub min_fresh_share: f64,
-    /// Extra tightness z needed when the accounts are established: a wave of existing users
-    /// asking the same thing is usually news, not abuse. 1.5.
-    pub established_extra_z: f64,
-    /// A template counts as shared once this many distinct accounts used it in the window. 10.
+    /// A template counts as shared once this many distinct accounts used it in the window. 20:
+    /// fewer, and a wave of people typing the same short question ("what's the weather") in a
+    /// topic split by phrasing reads as a script.
     pub duplication_min_accounts: usize,
     /// Share of the window's joins on one shared template that marks a script, whatever the
     /// tightness z (a campaign inside a busy organic topic). 0.5.
@@ -338,6 +337,9 @@ pub struct CoordinatedSettings {
     /// A cluster younger than this is also judged over its whole life, which catches campaigns
     /// too slow to fill one window. 0 turns the slow scale off. 21600.
     pub slow_window_secs: i64,
+    /// The slow scale only judges clusters born at least this long after the detector started:
+    /// at start-up every cluster is young because the process is, not the topic. 3600.
+    pub warmup_secs: i64,
     /// How long the condition must hold before pending becomes firing. 30.
     pub hold_secs: i64,
     /// How long the condition must stay false before firing becomes resolved. 900.
@@ -354,12 +356,12 @@ impl Default for CoordinatedSettings {
             window_secs: 600,
             min_window_accounts: 20,
             max_top_account_share: 0.5,
-            min_tightness_z: 3.0,
+            min_tightness_z: 0.0,
             min_population: 20,
             fallback_min_tightness: 0.85,
             min_fresh_share: 0.5,
-            established_extra_z: 1.5,
-            duplication_min_accounts: 10,
+            duplication_min_accounts: 20,
+            warmup_secs: 3600,
             min_duplication: 0.5,
             min_growth: 3.0,
             slow_window_secs: 6 * 3600,
@@ -393,6 +395,9 @@ pub struct LaunchSettings {
     pub min_baseline_conversations: u64,
     /// The drift window: the surface's recent topic mix, over this long. 3600.
     pub window_secs: i64,
+    /// A surface without its own history is compared with the rest of the traffic over this
+    /// long, so one burst elsewhere does not look like drift here. 21600.
+    pub rest_window_secs: i64,
     /// Windows are kept in buckets of this many seconds. 300.
     pub bucket_secs: i64,
     /// Conversations the surface needs in the window before drift is judged. 200.
@@ -421,6 +426,7 @@ impl Default for LaunchSettings {
             baseline_secs: 7 * 86_400,
             min_baseline_conversations: 500,
             window_secs: 3600,
+            rest_window_secs: 6 * 3600,
             bucket_secs: 300,
             min_window_conversations: 200,
             min_excess_divergence: 0.1,

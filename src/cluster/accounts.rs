@@ -9,6 +9,9 @@
 //! A join is fresh when its account is not in `established`: first seen within the last one to
 //! two periods.
 //!
+//! Until the history covers one whole period, nothing is fresh: at start-up every account is new
+//! to the process, not to the product, and calling them all fresh would page for organic traffic.
+//!
 //! Errors go one way: a false positive of the filter calls a fresh account established, which can
 //! only make the detector more cautious. With 2^24 bits and 3 hashes per filter (4 MiB for both),
 //! one million established accounts give about a 3.5% false-positive rate; the filter never
@@ -67,6 +70,8 @@ pub struct AccountHistory {
     period_ms: i64,
     /// Start of the current period; `None` before the first event.
     period_start_ms: Option<i64>,
+    /// Whether a whole period has been seen (until then nothing is fresh).
+    mature: bool,
 }
 
 impl AccountHistory {
@@ -76,6 +81,7 @@ impl AccountHistory {
             recent: Bloom::new(),
             period_ms: period_secs.max(1).saturating_mul(1000),
             period_start_ms: None,
+            mature: false,
         }
     }
 
@@ -88,8 +94,9 @@ impl AccountHistory {
             self.recent.clear();
             let periods = (at_ms - start) / self.period_ms;
             self.period_start_ms = Some(start + periods * self.period_ms);
+            self.mature = true;
         }
-        let fresh = !self.established.contains(account_key);
+        let fresh = self.mature && !self.established.contains(account_key);
         self.recent.insert(account_key);
         fresh
     }
@@ -102,12 +109,15 @@ mod tests {
     #[test]
     fn accounts_stay_fresh_for_a_period_and_are_established_after() {
         let mut h = AccountHistory::new(3600);
-        assert!(h.observe(1, 0));
-        assert!(h.observe(1, 1_000_000), "same period: still fresh");
-        assert!(h.observe(2, 3_000_000));
+        assert!(
+            !h.observe(1, 0),
+            "nothing is fresh before a whole period was seen"
+        );
+        assert!(!h.observe(2, 3_000_000));
         assert!(!h.observe(1, 3_700_000), "a period later: established");
         assert!(h.observe(3, 3_700_000), "a new account is fresh");
-        assert!(!h.observe(2, 7_300_000));
+        assert!(h.observe(3, 4_000_000), "same period: still fresh");
+        assert!(!h.observe(3, 7_300_000), "established a period later");
         let fresh = (1000..2000u64)
             .filter(|k| h.observe(*k * 7919, 7_400_000))
             .count();

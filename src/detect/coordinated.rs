@@ -8,20 +8,24 @@
 //!   history, and how much of the window used one request template shared across accounts;
 //! - **the slow scale**: a cluster younger than `slow_window_secs` is also judged over its whole
 //!   life, which is how a campaign too slow to fill one window (a few accounts an hour) is seen.
+//!   Only clusters born `warmup_secs` after the detector started qualify: at start-up every
+//!   cluster is young because the process is, not because its topic is new.
 //!
 //! On either scale a cluster is a candidate when
 //! - volume: at least `min_window_accounts` distinct accounts, none holding more than
 //!   `max_top_account_share` of the joins (one heavy user is not a campaign);
 //! - novelty: growth of at least `min_growth` over what the cluster's own history predicts (a topic
 //!   that is always this busy is not news);
-//! - coordination: the cluster is much tighter than clusters of similar size — a robust z-score
-//!   (median/MAD over the live population, by size class) of at least `min_tightness_z`, plus
-//!   `established_extra_z` unless at least `min_fresh_share` of the accounts are fresh (first
-//!   seen within `cluster.fresh_account_secs`) — or at least `min_duplication` of its joins used
-//!   one template that `duplication_min_accounts` accounts shared (a script pasted into a busy
-//!   organic topic, which leaves tightness alone). Throwaway accounts are what spam networks run
-//!   on; a wave of existing users asking for the weather in their own words is tight (it is one
-//!   question) but established and unscripted, so it needs much stronger evidence;
+//! - coordination, by either of two routes:
+//!   - a script: at least `min_duplication` of the joins used one request template that
+//!     `duplication_min_accounts` accounts shared — a message pasted by many accounts, even
+//!     inside a busy organic topic where it leaves tightness alone;
+//!   - a throwaway burst: at least `min_fresh_share` of the accounts are fresh (first seen within
+//!     `cluster.fresh_account_secs`) and the cluster is no looser than usual for its size — a
+//!     robust z-score of tightness (median/MAD over live clusters of similar size) of at least
+//!     `min_tightness_z`. Spam networks and scripted misuse run on throwaway accounts. A wave of
+//!     existing users asking for the weather is as tight as any campaign (it is one question;
+//!     measured z above 5 in `eval detection`) but established and unscripted, so it is neither;
 //! - and it passes the privacy gate, since an alert shows the cluster.
 //!
 //! Severity grows with accounts and speed: `critical` from `critical_accounts` window accounts
@@ -49,6 +53,7 @@ const MIN_TIGHTNESS_SCALE: f64 = 0.02;
 /// reopens its alert with every member that joins.
 const STAY_Z_MARGIN: f64 = 1.0;
 const STAY_SHARE: f64 = 0.5;
+const STAY_FRESH_MARGIN: f64 = 0.2;
 
 /// Tightness of the live clusters, by size class (`floor(log2(count))`), refreshed each minute.
 #[derive(Default)]
@@ -122,6 +127,8 @@ pub struct CoordinatedDetector {
     settings: CoordinatedSettings,
     gate: PrivacyGate,
     population: Population,
+    /// Event time of the first evaluation (the slow scale's warm-up starts here).
+    started_ms: Option<i64>,
 }
 
 impl CoordinatedDetector {
@@ -130,6 +137,7 @@ impl CoordinatedDetector {
             settings,
             gate,
             population: Population::default(),
+            started_ms: None,
         }
     }
 
@@ -142,6 +150,7 @@ impl CoordinatedDetector {
 
     /// Refreshes the tightness population (at most once a minute of event time).
     pub fn refresh(&mut self, state: &ClusterState, now_ms: i64) {
+        self.started_ms.get_or_insert(now_ms);
         self.population.refresh(state, now_ms);
     }
 
@@ -158,28 +167,26 @@ impl CoordinatedDetector {
         cluster.recent.expire_before(now_ms - window_ms);
         let cluster: &MicroCluster = cluster;
         let window = window_scale(cluster, now_ms, window_ms, s.duplication_min_accounts);
+        let warmed_up = self
+            .started_ms
+            .is_some_and(|t| cluster.born_ms >= t + s.warmup_secs * 1000);
         let slow = (s.slow_window_secs > 0
+            && warmed_up
             && now_ms - cluster.born_ms <= s.slow_window_secs * 1000)
-            .then(|| lifetime_scale(cluster, now_ms, s.duplication_min_accounts));
+            .then(|| lifetime_scale(cluster, &window, now_ms, s.duplication_min_accounts));
 
         let tightness = cluster.tightness();
         let tightness_z = self
             .population
             .similar_to(cluster.count, s.min_population)
             .map(|p| p.z(tightness, MIN_TIGHTNESS_SCALE));
-        // Established accounts need `established_extra_z` more: see the module docs.
-        let tight = |margin: f64, fresh_share: f64| {
-            let extra = if fresh_share >= s.min_fresh_share {
-                0.0
-            } else {
-                s.established_extra_z
-            };
-            match tightness_z {
-                Some(z) => z >= s.min_tightness_z + extra - margin,
-                None => {
-                    tightness >= s.fallback_min_tightness + (extra - margin) * MIN_TIGHTNESS_SCALE
+        // A burst of throwaway accounts, no looser than is usual for its size.
+        let throwaway = |margin: f64, fresh_share: f64| {
+            fresh_share >= s.min_fresh_share - margin * STAY_FRESH_MARGIN
+                && match tightness_z {
+                    Some(z) => z >= s.min_tightness_z - margin,
+                    None => tightness >= s.fallback_min_tightness - margin * MIN_TIGHTNESS_SCALE,
                 }
-            }
         };
         let shown = self.gate.admits(cluster);
         let holds = |scale: &Scale, share: f64, z_margin: f64| {
@@ -187,9 +194,27 @@ impl CoordinatedDetector {
                 && scale.accounts as f64 >= s.min_window_accounts as f64 * share
                 && scale.top_account_share <= s.max_top_account_share
                 && scale.growth >= s.min_growth * share
-                && (tight(z_margin, scale.fresh_share)
+                && (throwaway(z_margin, scale.fresh_share)
                     || scale.duplication >= s.min_duplication * share)
         };
+        if window.accounts >= s.min_window_accounts / 2 {
+            // Operators tuning thresholds read these at trace level; figures only, no members.
+            tracing::trace!(
+                target: "clusterwatch::detect::figures",
+                cluster = id,
+                at_ms = now_ms,
+                accounts = window.accounts,
+                joins = window.conversations,
+                growth = window.growth,
+                top_share = window.top_account_share,
+                fresh_share = window.fresh_share,
+                duplication = window.duplication,
+                tightness,
+                z = tightness_z.unwrap_or(f64::NAN),
+                shown,
+                "window figures"
+            );
+        }
         let window_enter = holds(&window, 1.0, 0.0);
         let slow_enter = slow.as_ref().is_some_and(|l| holds(l, 1.0, 0.0));
         let window_stay = holds(&window, STAY_SHARE, STAY_Z_MARGIN);
@@ -259,16 +284,21 @@ fn window_scale(cluster: &MicroCluster, now_ms: i64, window_ms: i64, dup_account
 }
 
 /// The whole life of a young cluster as one window. Its growth is its size: it had no history.
-fn lifetime_scale(cluster: &MicroCluster, now_ms: i64, dup_accounts: usize) -> Scale {
+fn lifetime_scale(
+    cluster: &MicroCluster,
+    window: &Scale,
+    now_ms: i64,
+    dup_accounts: usize,
+) -> Scale {
     let accounts = cluster.accounts.count();
-    let top_share = (cluster.count as f64 - accounts as f64 + 1.0) / cluster.count.max(1) as f64;
     Scale {
         accounts,
         conversations: cluster.count as usize,
         accounts_per_minute: accounts as f64
             / span_minutes(cluster.born_ms, cluster.last_seen_ms.max(now_ms)),
-        // An upper bound on the busiest account's share: every repeat conversation is its.
-        top_account_share: top_share.clamp(0.0, 1.0),
+        // Per-account counts are kept for the window only: its busiest account stands in (one
+        // heavy user dominates every window it is active in).
+        top_account_share: window.top_account_share,
         duplication: cluster.templates.duplication_rate(dup_accounts),
         growth: cluster.count as f64,
         // By joins, not accounts: a fresh account's later joins count as fresh too.

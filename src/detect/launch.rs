@@ -4,8 +4,9 @@
 //! For each configured surface it keeps, in event time:
 //! - the surface's own baseline: its topic mix, high-concern and refusal counts over
 //!   `baseline_secs` before launch, frozen at launch;
-//! - two sliding windows after launch (`window_secs`, in `bucket_secs` buckets): the surface's
-//!   traffic and the rest of the traffic.
+//! - two sliding windows after launch, in `bucket_secs` buckets: the surface's traffic over
+//!   `window_secs`, and the rest of the traffic over the longer `rest_window_secs` (so one burst
+//!   on another surface does not read as drift on this one).
 //!
 //! Two kinds of alert come out of it:
 //! - `launch_drift`: the surface's recent topic mix diverges from the baseline (Jensen–Shannon,
@@ -241,14 +242,27 @@ impl LaunchMonitor {
         let bucket_ms = self.settings.bucket_secs.max(1) * 1000;
         let baseline_ms = self.settings.baseline_secs.max(0) * 1000;
         for w in &mut self.watches {
-            if at_ms < w.launch_ms {
-                if surface == w.name && at_ms >= w.launch_ms - baseline_ms {
+            if surface != w.name {
+                // The rest of the traffic, before launch too, so the comparison window is full.
+                w.rest.add(at_ms, bucket_ms, category, concern, refused);
+            } else if at_ms < w.launch_ms {
+                if at_ms >= w.launch_ms - baseline_ms {
                     w.baseline.add(category, concern, refused);
                 }
-            } else if surface == w.name {
-                w.own.add(at_ms, bucket_ms, category, concern, refused);
             } else {
-                w.rest.add(at_ms, bucket_ms, category, concern, refused);
+                w.own.add(at_ms, bucket_ms, category, concern, refused);
+            }
+        }
+        if let Some(latest) = self.watches.first().and_then(|w| w.rest.buckets.back()) {
+            // Keep memory to the rest window even while no evaluation is due (before launch).
+            let horizon = latest.0
+                - self
+                    .settings
+                    .rest_window_secs
+                    .max(self.settings.window_secs)
+                    * 1000;
+            for w in &mut self.watches {
+                w.rest.expire(horizon);
             }
         }
     }
@@ -278,7 +292,8 @@ impl LaunchMonitor {
         let window_ms = s.window_secs.max(1) * 1000;
         let w = self.watches.iter_mut().find(|w| w.name == surface)?;
         w.own.expire(now_ms - window_ms);
-        w.rest.expire(now_ms - window_ms);
+        w.rest
+            .expire(now_ms - s.rest_window_secs.max(s.window_secs).max(1) * 1000);
         let own = w.own.total();
         let (baseline, kind) = if w.baseline.conversations >= s.min_baseline_conversations {
             (w.baseline.clone(), "own")
