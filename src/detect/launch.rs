@@ -18,8 +18,8 @@
 //!   (`min_surface_share`) from the surface, once it passes the privacy gate — a use that did not
 //!   exist before.
 //!
-//! Topics are the hierarchy's topic ids at join time (a cluster not yet in a topic counts as its
-//! own category), so the mix is over "what people ask for", not over individual micro-clusters.
+//! Topics are the hierarchy's current topic ids, looked up when a mix is judged (a cluster not
+//! yet in a topic counts as its own category), so the mix is over "what people ask for", not over individual micro-clusters.
 //! Memory is bounded by the buckets of one window and the categories seen in it.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -69,6 +69,22 @@ impl Mix {
         self.conversations += other.conversations;
         self.high_concern += other.high_concern;
         self.refused += other.refused;
+    }
+
+    /// The same counts over the hierarchy's current topics (a cluster in no topic stays itself).
+    fn by_topic(&self, state: &ClusterState) -> Mix {
+        let mut m = Mix {
+            categories: HashMap::new(),
+            ..self.clone()
+        };
+        for (c, n) in &self.categories {
+            let category = match c {
+                Category::Cluster(id) => state.topic_of(*id).map_or(*c, Category::Topic),
+                Category::Topic(_) => *c,
+            };
+            *m.categories.entry(category).or_default() += n;
+        }
+        m
     }
 
     fn rate(n: u64, of: u64) -> f64 {
@@ -226,7 +242,6 @@ impl LaunchMonitor {
     /// Counts one clustered event into every watch.
     pub fn record(
         &mut self,
-        state: &ClusterState,
         cluster: ClusterId,
         surface: &str,
         at_ms: i64,
@@ -236,9 +251,9 @@ impl LaunchMonitor {
         if self.watches.is_empty() {
             return;
         }
-        let category = state
-            .topic_of(cluster)
-            .map_or(Category::Cluster(cluster), Category::Topic);
+        // Topics are looked up when the mix is judged, not now: topic ids appear with each
+        // hierarchy rebuild, and both sides of a comparison must use the same map.
+        let category = Category::Cluster(cluster);
         let bucket_ms = self.settings.bucket_secs.max(1) * 1000;
         let baseline_ms = self.settings.baseline_secs.max(0) * 1000;
         for w in &mut self.watches {
@@ -294,11 +309,11 @@ impl LaunchMonitor {
         w.own.expire(now_ms - window_ms);
         w.rest
             .expire(now_ms - s.rest_window_secs.max(s.window_secs).max(1) * 1000);
-        let own = w.own.total();
+        let own = w.own.total().by_topic(state);
         let (baseline, kind) = if w.baseline.conversations >= s.min_baseline_conversations {
-            (w.baseline.clone(), "own")
+            (w.baseline.by_topic(state), "own")
         } else {
-            (w.rest.total(), "rest")
+            (w.rest.total().by_topic(state), "rest")
         };
         let judged = own.conversations >= s.min_window_conversations && baseline.conversations > 0;
         let js = if judged {

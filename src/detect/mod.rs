@@ -63,14 +63,8 @@ impl Detectors {
         clock_ms: i64,
     ) -> Vec<AlertRecord> {
         if let Some(e) = &event {
-            self.launch.record(
-                state,
-                e.cluster,
-                e.surface,
-                e.event_time_ms,
-                e.concern,
-                e.refused,
-            );
+            self.launch
+                .record(e.cluster, e.surface, e.event_time_ms, e.concern, e.refused);
         }
         self.coordinated.refresh(state, clock_ms);
         let touched = event.map(|e| e.cluster);
