@@ -325,6 +325,10 @@ pub struct CoordinatedSettings {
     /// Share of the window's accounts that must be fresh (first seen within
     /// `cluster.fresh_account_secs`) for a burst without a shared script to count. 0.5.
     pub min_fresh_share: f64,
+    /// Neighbouring clusters (centroid cosine at least this) that are also bursts of fresh
+    /// accounts are judged together with the cluster, so a template whose fills split into
+    /// several clusters is seen as one campaign. 0.5.
+    pub neighbourhood_cosine: f32,
     /// A template counts as shared once this many distinct accounts used it in the window. 20:
     /// fewer, and a wave of people typing the same short question ("what's the weather") in a
     /// topic split by phrasing reads as a script.
@@ -360,6 +364,7 @@ impl Default for CoordinatedSettings {
             min_population: 20,
             fallback_min_tightness: 0.85,
             min_fresh_share: 0.5,
+            neighbourhood_cosine: 0.5,
             duplication_min_accounts: 20,
             warmup_secs: 3600,
             min_duplication: 0.5,

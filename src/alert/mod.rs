@@ -117,6 +117,9 @@ pub struct ClusterEvidence {
     pub top_account_share: f64,
     /// Share of the accounts that were fresh (first seen within `cluster.fresh_account_secs`).
     pub fresh_account_share: f64,
+    /// Micro-clusters the window figures cover: more than one when a campaign's variants (a
+    /// template with slots) landed in neighbouring clusters and were judged together.
+    pub clusters: usize,
     pub refusal_rate: f64,
     pub mean_concern: f64,
     /// Share of members an upstream classifier flagged.

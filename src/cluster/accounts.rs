@@ -85,11 +85,11 @@ impl AccountHistory {
         }
     }
 
-    /// Records that `account_key` was active at `at_ms` (the state's event clock, which never
-    /// goes back) and returns whether it is fresh.
+    /// Records that `account_key` was active at `at_ms` (the event's time; an event older than
+    /// the current period simply counts in it) and returns whether it is fresh.
     pub fn observe(&mut self, account_key: u64, at_ms: i64) -> bool {
         let start = *self.period_start_ms.get_or_insert(at_ms);
-        if at_ms - start >= self.period_ms {
+        if at_ms.saturating_sub(start) >= self.period_ms {
             self.established.absorb(&self.recent);
             self.recent.clear();
             let periods = (at_ms - start) / self.period_ms;

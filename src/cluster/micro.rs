@@ -550,6 +550,16 @@ impl RecentJoins {
         top as f64 / self.joins.len().max(1) as f64
     }
 
+    /// Joins per distinct account in the window.
+    pub fn account_counts(&self) -> impl Iterator<Item = (u64, u32)> + '_ {
+        self.per_account.iter().map(|(a, n)| (*a, *n))
+    }
+
+    /// Accounts with at least one fresh join in the window.
+    pub fn fresh_account_keys(&self) -> impl Iterator<Item = u64> + '_ {
+        self.fresh_accounts.keys().copied()
+    }
+
     /// Share of the window's distinct accounts that were fresh when they joined.
     pub fn fresh_account_share(&self) -> f64 {
         self.fresh_accounts.len() as f64 / self.per_account.len().max(1) as f64

@@ -411,7 +411,7 @@ impl ClusterState {
         self.clustered_events += 1;
         let fresh = self
             .account_history
-            .observe(meta.account_key, self.clock.now_ms());
+            .observe(meta.account_key, meta.event_time_ms);
         let nearest = match prefetched {
             Some(candidates) => {
                 self.prefetch

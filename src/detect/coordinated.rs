@@ -54,6 +54,10 @@ const MIN_TIGHTNESS_SCALE: f64 = 0.02;
 const STAY_Z_MARGIN: f64 = 1.0;
 const STAY_SHARE: f64 = 0.5;
 const STAY_FRESH_MARGIN: f64 = 0.2;
+/// A cluster looks for neighbouring bursts once its own window has this many accounts.
+const NEIGHBOURHOOD_MIN_ACCOUNTS: usize = 3;
+/// The slow scale judges a cluster only while its latest join is at most this many windows old.
+const SLOW_ACTIVE_WINDOWS: i64 = 2;
 
 /// Tightness of the live clusters, by size class (`floor(log2(count))`), refreshed each minute.
 #[derive(Default)]
@@ -121,6 +125,8 @@ struct Scale {
     /// Share of the accounts that were fresh when they joined.
     fresh_share: f64,
     start_ms: i64,
+    /// Clusters the figures cover.
+    clusters: usize,
 }
 
 pub struct CoordinatedDetector {
@@ -165,13 +171,26 @@ impl CoordinatedDetector {
         let window_ms = s.window_secs.max(1) * 1000;
         let cluster = state.cluster_mut(id)?;
         cluster.recent.expire_before(now_ms - window_ms);
-        let cluster: &MicroCluster = cluster;
-        let window = window_scale(cluster, now_ms, window_ms, s.duplication_min_accounts);
+        let mut window = window_scale(cluster, now_ms, window_ms, s.duplication_min_accounts);
+        let mut subject = id;
+        if window.accounts < s.min_window_accounts
+            && window.accounts >= NEIGHBOURHOOD_MIN_ACCOUNTS
+            && window.fresh_share >= s.min_fresh_share
+        {
+            if let Some((anchor, joint)) = self.neighbourhood(state, id, now_ms, window_ms) {
+                subject = anchor;
+                window = joint;
+            }
+        }
+        let cluster: &MicroCluster = state.cluster(id)?;
         let warmed_up = self
             .started_ms
             .is_some_and(|t| cluster.born_ms >= t + s.warmup_secs * 1000);
+        // ... and only while it is still being joined: a burst that ended must not stay "slow".
+        let active = now_ms - cluster.last_seen_ms <= SLOW_ACTIVE_WINDOWS * window_ms;
         let slow = (s.slow_window_secs > 0
             && warmed_up
+            && active
             && now_ms - cluster.born_ms <= s.slow_window_secs * 1000)
             .then(|| lifetime_scale(cluster, &window, now_ms, s.duplication_min_accounts));
 
@@ -246,7 +265,7 @@ impl CoordinatedDetector {
             .map(|(s, _)| s.clone());
         Some(Finding {
             kind: AlertKind::CoordinatedCluster,
-            subject: Subject::Cluster(id),
+            subject: Subject::Cluster(subject),
             enter: window_enter || slow_enter,
             stay: window_stay || slow_stay,
             severity,
@@ -259,6 +278,79 @@ impl CoordinatedDetector {
                 tightness_z.unwrap_or(0.0),
             )),
         })
+    }
+}
+
+impl CoordinatedDetector {
+    /// The window figures of `id` together with its neighbours that are bursts of fresh accounts
+    /// too (centroid cosine at least `neighbourhood_cosine`, joined within the window), and the
+    /// lowest id among them — the anchor an alert on the group is filed under, so the group
+    /// pages once. `None` when `id` has no such neighbour.
+    fn neighbourhood(
+        &self,
+        state: &mut ClusterState,
+        id: ClusterId,
+        now_ms: i64,
+        window_ms: i64,
+    ) -> Option<(ClusterId, Scale)> {
+        let s = &self.settings;
+        let centroid = state.cluster(id)?.centroid.clone();
+        let candidates: Vec<ClusterId> = state
+            .clusters()
+            .filter(|c| {
+                c.id != id
+                    && c.last_seen_ms >= now_ms - window_ms
+                    && crate::cluster::index::dot(&c.centroid, &centroid) >= s.neighbourhood_cosine
+            })
+            .map(|c| c.id)
+            .collect();
+        let mut members = vec![id];
+        for other in candidates {
+            let Some(c) = state.cluster_mut(other) else {
+                continue;
+            };
+            c.recent.expire_before(now_ms - window_ms);
+            if c.recent.distinct_accounts() >= 2
+                && c.recent.fresh_account_share() >= s.min_fresh_share
+            {
+                members.push(other);
+            }
+        }
+        if members.len() < 2 {
+            return None;
+        }
+        members.sort_unstable();
+        let mut accounts: std::collections::HashMap<u64, u32> = Default::default();
+        let mut fresh: std::collections::HashSet<u64> = Default::default();
+        let (mut joins, mut expected) = (0usize, 0.0f64);
+        let (mut first, mut last) = (i64::MAX, i64::MIN);
+        for m in &members {
+            let c = state.cluster(*m)?;
+            for (a, n) in c.recent.account_counts() {
+                *accounts.entry(a).or_default() += n;
+            }
+            fresh.extend(c.recent.fresh_account_keys());
+            let scale = window_scale(c, now_ms, window_ms, usize::MAX);
+            joins += scale.conversations;
+            expected += scale.conversations as f64 / scale.growth.max(f64::MIN_POSITIVE);
+            first = first.min(c.recent.first_time_ms().unwrap_or(now_ms));
+            last = last.max(c.recent.last_time_ms().unwrap_or(now_ms));
+        }
+        let top = accounts.values().copied().max().unwrap_or(0);
+        Some((
+            members[0],
+            Scale {
+                accounts: accounts.len(),
+                conversations: joins,
+                accounts_per_minute: accounts.len() as f64 / span_minutes(first, last),
+                top_account_share: f64::from(top) / joins.max(1) as f64,
+                duplication: 0.0,
+                growth: joins as f64 / expected.max(1.0),
+                fresh_share: fresh.len() as f64 / accounts.len().max(1) as f64,
+                start_ms: first,
+                clusters: members.len(),
+            },
+        ))
     }
 }
 
@@ -279,6 +371,7 @@ fn window_scale(cluster: &MicroCluster, now_ms: i64, window_ms: i64, dup_account
         duplication: recent.duplication_rate(dup_accounts),
         growth: joins as f64 / expected,
         fresh_share: recent.fresh_account_share(),
+        clusters: 1,
         start_ms: first,
     }
 }
@@ -303,6 +396,7 @@ fn lifetime_scale(
         growth: cluster.count as f64,
         // By joins, not accounts: a fresh account's later joins count as fresh too.
         fresh_share: cluster.fresh_joins as f64 / cluster.count.max(1) as f64,
+        clusters: 1,
         start_ms: cluster.born_ms,
     }
 }
@@ -326,6 +420,7 @@ fn evidence(cluster: &MicroCluster, scale: &Scale, tightness: f64, z: f64) -> Cl
         growth: round4(scale.growth),
         top_account_share: round4(scale.top_account_share),
         fresh_account_share: round4(scale.fresh_share),
+        clusters: scale.clusters,
         refusal_rate: round4(cluster.refusal_rate()),
         mean_concern: round4(cluster.mean_concern()),
         classifier_flag_rate: round4(cluster.classifier_flag_rate()),
@@ -458,7 +553,7 @@ mod tests {
                 3600 + i * 3,
             );
         }
-        w.organic(3840, 3840 + 1800, 2);
+        w.organic(3840, 3840 + 3600, 2);
         let statuses: Vec<AlertStatus> = w.records.iter().map(|r| r.status).collect();
         assert_eq!(
             statuses,

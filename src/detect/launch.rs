@@ -471,7 +471,7 @@ mod tests {
         let (a, b) = (draw(300, 0..200), draw(3000, 0..200));
         let js = js_divergence(&a, &b);
         let floor = js_noise_floor(&b, a.conversations, 1);
-        assert!(js > 0.2, "sparse samples diverge: {js}");
+        assert!(js > 0.1, "sparse samples diverge: {js}");
         assert!((js - floor).abs() < 0.05, "js {js} floor {floor}");
         // Half the surface's traffic on topics the baseline never saw.
         let mut shifted = draw(150, 0..200);

@@ -74,11 +74,27 @@ impl Detectors {
         for id in self.cluster_subjects(AlertKind::CoordinatedCluster, touched) {
             let now = judged_at(state, id, clock_ms);
             let finding = self.coordinated.evaluate(state, id, now);
+            // A cluster judged with its neighbours files the finding under the group's anchor;
+            // an alert it had under its own id then sees its condition lapse.
+            let subject = finding
+                .as_ref()
+                .map_or(Subject::Cluster(id), |f| f.subject.clone());
+            if subject != Subject::Cluster(id) {
+                self.step(
+                    state,
+                    None,
+                    AlertKind::CoordinatedCluster,
+                    Subject::Cluster(id),
+                    now,
+                    coordinated,
+                    &mut records,
+                );
+            }
             self.step(
                 state,
                 finding,
                 AlertKind::CoordinatedCluster,
-                Subject::Cluster(id),
+                subject,
                 now,
                 coordinated,
                 &mut records,
