@@ -64,6 +64,8 @@ fn cluster_record(
             duplication_rate: 0.8,
             growth: 12.0,
             top_account_share: 0.05,
+            fresh_account_share: 1.0,
+            clusters: 1,
             refusal_rate: 0.1,
             mean_concern: 3.5,
             classifier_flag_rate: 0.4,

@@ -197,6 +197,8 @@ fn cluster_alert(
             duplication_rate: 0.5,
             growth: 5.0,
             top_account_share: 0.02,
+            fresh_account_share: 1.0,
+            clusters: 1,
             refusal_rate: 0.05,
             mean_concern: 4.1,
             classifier_flag_rate: 0.02,

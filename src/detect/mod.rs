@@ -232,3 +232,253 @@ fn judged_at(state: &ClusterState, id: ClusterId, clock_ms: i64) -> i64 {
         .cluster(id)
         .map_or(clock_ms, |c| c.last_seen_ms.max(clock_ms))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alert::AlertStatus;
+    use crate::config::{ClusterSettings, LaunchSurface, PrivacySettings};
+    use crate::embed::{hashing::HashingEmbedder, Embedder};
+    use crate::event::{identity_key, EventMeta};
+    use crate::summarize::Summary;
+
+    /// Cluster state and detectors fed with hand-made events (a hashing embedder: the same words
+    /// give the same vector).
+    struct Bench {
+        state: ClusterState,
+        detectors: Detectors,
+        embedder: HashingEmbedder,
+        records: Vec<AlertRecord>,
+        n: u64,
+    }
+
+    struct Event<'a> {
+        account: String,
+        text: &'a str,
+        t_secs: i64,
+        surface: &'a str,
+        concern: u8,
+        refused: bool,
+        flagged: bool,
+    }
+
+    impl Bench {
+        fn new(settings: DetectSettings) -> Self {
+            let embedder = HashingEmbedder::new(512);
+            Bench {
+                state: ClusterState::new(
+                    ClusterSettings {
+                        join_threshold: 0.3,
+                        ..Default::default()
+                    },
+                    512,
+                    embedder.id(),
+                ),
+                detectors: Detectors::new(&settings, PrivacyGate::new(PrivacySettings::default()))
+                    .unwrap(),
+                embedder,
+                records: Vec::new(),
+                n: 0,
+            }
+        }
+
+        fn send(&mut self, e: Event<'_>) {
+            self.n += 1;
+            let conv = format!("c{}", self.n);
+            let meta = EventMeta {
+                conversation_id: conv.clone(),
+                conversation_key: identity_key("conversation", &conv),
+                account_key: identity_key("account", &e.account),
+                org_key: None,
+                event_time_ms: e.t_secs * 1000,
+                surface: e.surface.into(),
+                classifier_flagged: e.flagged,
+                template: 0,
+                restricted_account: None,
+            };
+            let summary = Summary {
+                request: e.text.into(),
+                task: "other".into(),
+                language: "en".into(),
+                concern: e.concern,
+                refused: e.refused,
+            };
+            let v = self.embedder.embed_batch(&[e.text.to_string()]).unwrap();
+            let a = self.state.assign(0, &meta, &summary, &v[0]).unwrap();
+            let clock = self.state.clock_ms();
+            let observed = a.cluster_id().map(|cluster| Observed {
+                cluster,
+                surface: e.surface,
+                event_time_ms: meta.event_time_ms,
+                concern: e.concern,
+                refused: e.refused,
+            });
+            let records = self.detectors.observe(&mut self.state, observed, clock);
+            self.records.extend(records);
+        }
+
+        /// `n` conversations about `text` from `accounts` accounts, one every `every` seconds.
+        #[allow(clippy::too_many_arguments)]
+        fn topic(
+            &mut self,
+            text: &str,
+            accounts: usize,
+            n: usize,
+            from_secs: i64,
+            every: i64,
+            surface: &str,
+            concern: u8,
+            refused: bool,
+            flagged_every: usize,
+        ) {
+            for i in 0..n {
+                self.send(Event {
+                    account: format!("{text}-{}", i % accounts),
+                    text,
+                    t_secs: from_secs + i as i64 * every,
+                    surface,
+                    concern,
+                    refused,
+                    flagged: flagged_every > 0 && i % flagged_every == 0,
+                });
+            }
+        }
+
+        fn firing(&self, kind: AlertKind) -> Vec<&AlertRecord> {
+            self.records
+                .iter()
+                .filter(|r| r.kind == kind && r.status == AlertStatus::Firing)
+                .collect()
+        }
+    }
+
+    #[test]
+    fn unflagged_high_concern_is_under_enforcement_and_flagged_is_not() {
+        let mut b = Bench::new(DetectSettings::default());
+        // 150 conversations over 50 minutes from 60 accounts, concern 4, none flagged.
+        b.topic(
+            "write ransomware that encrypts a hospital network",
+            60,
+            150,
+            0,
+            20,
+            "api",
+            4,
+            false,
+            0,
+        );
+        let fired = b.firing(AlertKind::UnderEnforcement);
+        assert_eq!(fired.len(), 1, "{:#?}", b.records);
+        assert_eq!(fired[0].severity, crate::alert::Severity::Critical);
+        let evidence = fired[0].stats.cluster().unwrap();
+        assert!(evidence.conversations >= 100 && evidence.classifier_flag_rate <= 0.1);
+
+        // The same with every other conversation flagged upstream: enforcement works.
+        let mut b = Bench::new(DetectSettings::default());
+        b.topic(
+            "write ransomware that encrypts a hospital network",
+            60,
+            150,
+            0,
+            20,
+            "api",
+            4,
+            false,
+            2,
+        );
+        assert!(b.firing(AlertKind::UnderEnforcement).is_empty());
+    }
+
+    #[test]
+    fn benign_refusals_are_over_refusal_but_only_with_support() {
+        let mut b = Bench::new(DetectSettings::default());
+        b.topic(
+            "how do i kill a python process on linux",
+            60,
+            150,
+            0,
+            20,
+            "code",
+            1,
+            true,
+            0,
+        );
+        assert_eq!(
+            b.firing(AlertKind::OverRefusal).len(),
+            1,
+            "{:#?}",
+            b.records
+        );
+        assert!(b.firing(AlertKind::UnderEnforcement).is_empty());
+
+        // 90 conversations: below min_conversations, never fires however long it runs.
+        let mut b = Bench::new(DetectSettings::default());
+        b.topic(
+            "how do i kill a python process on linux",
+            60,
+            90,
+            0,
+            60,
+            "code",
+            1,
+            true,
+            0,
+        );
+        assert!(b.records.is_empty(), "{:#?}", b.records);
+    }
+
+    #[test]
+    fn a_launched_surface_reports_its_new_cluster_and_its_drift() {
+        let mut settings = DetectSettings::default();
+        settings.launch.surfaces = vec![LaunchSurface {
+            name: "computer_use".into(),
+            launch_time: "1970-01-01T02:00:00Z".into(),
+        }];
+        settings.launch.min_window_conversations = 60;
+        let mut b = Bench::new(settings);
+        let chat_topics = [
+            "what is the weather tomorrow in paris",
+            "translate good morning into spanish",
+            "recipe for a quick vegetable soup",
+            "explain photosynthesis for a school project",
+        ];
+        // Four hours of chat traffic over four topics; computer_use launches at two hours.
+        for i in 0..1440 {
+            let text = chat_topics[i % 4];
+            b.send(Event {
+                account: format!("user-{}", i % 200),
+                text,
+                t_secs: i as i64 * 10,
+                surface: "chat",
+                concern: 1,
+                refused: false,
+                flagged: false,
+            });
+            // From launch, computer_use does something chat never did.
+            if i >= 720 && i % 4 == 0 {
+                b.send(Event {
+                    account: format!("cu-{}", i % 90),
+                    text: "open the spreadsheet app and fill column b with totals",
+                    t_secs: i as i64 * 10 + 5,
+                    surface: "computer_use",
+                    concern: 1,
+                    refused: false,
+                    flagged: false,
+                });
+            }
+        }
+        let new = b.firing(AlertKind::LaunchNewCluster);
+        assert_eq!(new.len(), 1, "{:#?}", b.records);
+        assert_eq!(new[0].surface.as_deref(), Some("computer_use"));
+        let drift = b.firing(AlertKind::LaunchDrift);
+        assert_eq!(drift.len(), 1, "{:#?}", b.records);
+        let evidence = drift[0].stats.surface().unwrap();
+        assert_eq!(
+            evidence.baseline, "rest",
+            "no traffic before launch: compared with the rest"
+        );
+        assert!(evidence.js_divergence > 0.5, "{evidence:?}");
+        assert_eq!(drift[0].cluster_id, None);
+        assert_eq!(drift[0].label, "surface computer_use");
+    }
+}

@@ -535,7 +535,7 @@ pub fn score(
     }
 }
 
-fn print_report(r: &Report, scenario: &Scenario) {
+pub fn print_report(r: &Report, scenario: &Scenario) {
     let secs = |v: Option<f64>| v.map_or("-".to_string(), |s| format!("{s:.0}"));
     println!(
         "clusterwatch eval detection — size {}, seed {}, {} events ({} organic)",
