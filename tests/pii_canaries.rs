@@ -675,7 +675,9 @@ fn replay_binary(input: &Path, out: &Path, extra_env: &[(String, String)]) -> (S
             "CLUSTERWATCH_EMBEDDER__MODEL_DIR",
             repo_root().join("models/all-MiniLM-L6-v2"),
         )
-        .env("CLUSTERWATCH_LOG", "debug");
+        .env("CLUSTERWATCH_LOG", "debug")
+        // As in `test_settings`: the stream is compressed, account history matures in 10 minutes.
+        .env("CLUSTERWATCH_CLUSTER__FRESH_ACCOUNT_SECS", "600");
     for (k, v) in extra_env {
         cmd.env(k, v);
     }

@@ -24,6 +24,8 @@ fn write_jsonl(path: &Path, payloads: impl Iterator<Item = Vec<u8>>) {
 fn replay_binary(input: &Path, out_dir: &Path, tag: &str, log_level: &str) -> String {
     let output = Command::new(env!("CARGO_BIN_EXE_clusterwatch"))
         .args(["replay", "--input"])
+        // As in `test_settings`: the stream is compressed, account history matures in 10 minutes.
+        .env("CLUSTERWATCH_CLUSTER__FRESH_ACCOUNT_SECS", "600")
         .arg(input)
         .arg("--alerts-out")
         .arg(out_dir.join(format!("alerts-{tag}.jsonl")))

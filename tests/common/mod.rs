@@ -40,6 +40,9 @@ pub fn test_settings() -> clusterwatch::config::Settings {
     let mut s = clusterwatch::config::Settings::default();
     s.embedder.model_dir = repo_root().join("models/all-MiniLM-L6-v2");
     s.http.listen = String::new();
+    // The tests' streams compress hours into minutes and inject campaigns 20 minutes in: account
+    // history matures (and fresh accounts become visible) after 10 event minutes, not an hour.
+    s.cluster.fresh_account_secs = 600;
     s
 }
 
