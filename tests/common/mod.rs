@@ -5,6 +5,8 @@
 #![allow(dead_code)]
 
 pub mod mock_ai;
+pub mod private_alertmanager;
+pub mod process;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -108,33 +110,40 @@ pub async fn produce(bootstrap: &str, topic: &str, messages: &[GeneratedMessage]
 
 /// Sum over partitions of (committed offset of `group`, end offset).
 pub fn committed_and_end(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> (i64, i64) {
+    try_committed_and_end(bootstrap, group, topic, partitions)
+        .unwrap_or_else(|e| panic!("committed offsets of {group} on {topic}: {e}"))
+}
+
+/// [`committed_and_end`], with the broker's error instead of a panic (a broker that just
+/// restarted answers "not coordinator" for a while).
+pub fn try_committed_and_end(
+    bootstrap: &str,
+    group: &str,
+    topic: &str,
+    partitions: i32,
+) -> Result<(i64, i64), rdkafka::error::KafkaError> {
     use rdkafka::config::ClientConfig;
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::{Offset, TopicPartitionList};
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", group)
-        .create()
-        .expect("consumer");
+        .create()?;
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
         tpl.add_partition(topic, p);
     }
-    let committed = consumer
-        .committed_offsets(tpl, Duration::from_secs(10))
-        .expect("committed offsets");
+    let committed = consumer.committed_offsets(tpl, Duration::from_secs(10))?;
     let mut total_committed = 0;
     let mut total_end = 0;
     for p in 0..partitions {
-        let (_, high) = consumer
-            .fetch_watermarks(topic, p, Duration::from_secs(10))
-            .expect("watermarks");
+        let (_, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10))?;
         total_end += high;
         if let Some(Offset::Offset(o)) = committed.find_partition(topic, p).map(|e| e.offset()) {
             total_committed += o;
         }
     }
-    (total_committed, total_end)
+    Ok((total_committed, total_end))
 }
 
 /// One message read back from a topic.
@@ -232,4 +241,51 @@ pub async fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// One hour of bundled organic traffic (1200 conversations) with a campaign `campaign_at_secs`
+/// in and `invalid` bad messages and as many redeliveries, written as JSONL to `path`.
+pub fn write_campaign_traffic(
+    path: &std::path::Path,
+    seed: u64,
+    campaign_at_secs: i64,
+    invalid: usize,
+) {
+    use clusterwatch::demo::traffic::{generate, CampaignSpec, TrafficSpec};
+    let spec = TrafficSpec {
+        seed,
+        organic_events: 1200,
+        duration_secs: 3600,
+        campaign: Some(CampaignSpec {
+            offset_secs: campaign_at_secs,
+            ..Default::default()
+        }),
+        invalid_events: invalid,
+        duplicate_events: invalid,
+        ..Default::default()
+    };
+    let mut out = Vec::new();
+    for m in generate(&spec) {
+        out.extend_from_slice(&m.payload);
+        out.push(b'\n');
+    }
+    std::fs::write(path, out).expect("write traffic");
+}
+
+/// Replays `input` in-process through the real model with the test settings; returns what
+/// `/metrics` would serve afterwards.
+pub fn replay_metrics(input: &std::path::Path) -> String {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let metrics = clusterwatch::export::Metrics::new();
+    let outputs = clusterwatch::replay::ReplayOutputs::default();
+    rt.block_on(clusterwatch::replay::replay(
+        test_settings(),
+        input,
+        &outputs,
+        metrics.clone(),
+        Some(model()),
+        Vec::new(),
+    ))
+    .expect("replay");
+    metrics.render()
 }
