@@ -148,6 +148,50 @@ impl MiniLmEmbedder {
         })
     }
 
+    /// The tokenizer as loaded (truncation set to `max_tokens`, no padding).
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// Hidden size of the model's outputs.
+    pub fn hidden_size(&self) -> usize {
+        self.dims
+    }
+
+    /// Runs `batch` sequences of `seq` token ids each (row-major in `ids`, no padding, token type
+    /// 0) and returns their outputs mean-pooled over all positions, not normalised, row-major
+    /// `batch x hidden`. This is what distillation needs: each vocabulary token as one short
+    /// sequence, pooled exactly as sentences are.
+    pub fn mean_pooled_ids(
+        &self,
+        ids: Vec<u32>,
+        batch: usize,
+        seq: usize,
+    ) -> Result<Vec<f32>, EmbedError> {
+        let inference = |e: candle_core::Error| EmbedError::Inference(e.to_string());
+        if ids.len() != batch * seq {
+            return Err(EmbedError::Inference(format!(
+                "{} ids for {batch} sequences of {seq}",
+                ids.len()
+            )));
+        }
+        self.device
+            .with_context(|| -> Result<Vec<f32>, EmbedError> {
+                let ids = Tensor::from_vec(ids, (batch, seq), &self.device).map_err(inference)?;
+                let type_ids = ids.zeros_like().map_err(inference)?;
+                let mask = ids.ones_like().map_err(inference)?;
+                let hidden = self
+                    .model
+                    .forward(&ids, &type_ids, Some(&mask))
+                    .map_err(inference)?; // (b, s, h)
+                hidden
+                    .mean(1)
+                    .and_then(|t| t.flatten_all())
+                    .and_then(|t| t.to_vec1::<f32>())
+                    .map_err(inference)
+            })
+    }
+
     /// Runs the model on one sub-batch whose encodings are already padded to a
     /// common length, then pools. Returns one unit vector per encoding, in the same order.
     fn forward_padded(&self, encodings: &[Encoding]) -> Result<Vec<Vec<f32>>, EmbedError> {

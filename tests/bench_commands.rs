@@ -1,0 +1,153 @@
+//! `clusterwatch bench pipeline` and `clusterwatch bench soak` on tiny inputs against the real
+//! Kafka broker, so the commands behind the published end-to-end figures cannot rot: each runs
+//! the real binary (which runs a real `clusterwatch run` child), and the figures it writes are
+//! checked for consistency — every produced event processed and committed, latency observed
+//! through the pipeline's own histogram, samples taken. Speed itself is never asserted.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+fn bench(args: &[&str], json_out: &std::path::Path) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_clusterwatch"))
+        .arg("bench")
+        .args(args)
+        .arg("--bootstrap")
+        .arg(kafka_bootstrap())
+        .arg("--json-out")
+        .arg(json_out)
+        .env("CLUSTERWATCH_LOG", "warn")
+        .output()
+        .expect("run clusterwatch bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}");
+    assert!(
+        out.status.success(),
+        "clusterwatch bench {args:?} failed:\n{stdout}\n{stderr}"
+    );
+    let text = std::fs::read_to_string(json_out).expect("the --json-out file");
+    serde_json::from_str(&text).expect("JSON figures")
+}
+
+fn u(v: &serde_json::Value) -> u64 {
+    v.as_u64().unwrap_or_else(|| panic!("{v} is not a count"))
+}
+
+fn f(v: &serde_json::Value) -> f64 {
+    v.as_f64().unwrap_or_else(|| panic!("{v} is not a number"))
+}
+
+#[test]
+fn bench_pipeline_measures_the_real_path_and_skips_embedders_without_model_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("pipeline.json");
+    let no_models = dir.path().join("no-models");
+    let report = bench(
+        &[
+            "pipeline",
+            "--embedders",
+            "hashing,static",
+            "--events",
+            "500",
+            "--latency-seconds",
+            "2",
+            "--model-dir",
+            no_models.to_str().unwrap(),
+        ],
+        &json,
+    );
+    let skipped = report["skipped"].as_array().unwrap();
+    assert_eq!(skipped.len(), 1, "{skipped:?}");
+    assert_eq!(skipped[0][0], "static");
+    assert!(skipped[0][1].as_str().unwrap().contains("missing"));
+
+    let figures = report["figures"].as_array().unwrap();
+    assert_eq!(figures.len(), 1);
+    let hashing = &figures[0];
+    assert_eq!(hashing["embedder"], "hashing");
+    let produced = u(&hashing["produced"]);
+    assert!(produced > 500, "the latency phase produced too: {produced}");
+    assert_eq!(u(&hashing["processed"]), produced, "every event processed");
+    assert_eq!(
+        u(&hashing["consumed"]),
+        produced,
+        "every event consumed once"
+    );
+    assert_eq!(
+        u(&hashing["committed"]),
+        u(&hashing["end_offsets"]),
+        "offsets committed to the end"
+    );
+    assert_eq!(u(&hashing["end_offsets"]), produced);
+    assert!(f(&hashing["throughput"]["events_per_second"]) > 0.0);
+    // The latency phase's events were all observed by the event→cluster histogram.
+    let warm_up = u(&hashing["throughput"]["warm_up_events"]);
+    assert!(warm_up > 0, "the clock starts after a warm-up");
+    assert_eq!(u(&hashing["latency_events"]), produced - 500 - warm_up);
+    let (p50, p99) = (f(&hashing["p50_seconds"]), f(&hashing["p99_seconds"]));
+    assert!(p50 > 0.0 && p50 <= p99, "p50 {p50} p99 {p99}");
+    assert!(
+        f(&hashing["peak_rss_mib"]) > 10.0,
+        "the child's VmHWM was read"
+    );
+    let shares = hashing["throughput"]["stage_share"].as_array().unwrap();
+    let stages: Vec<&str> = shares.iter().map(|s| s[0].as_str().unwrap()).collect();
+    for stage in ["decode", "summarize", "embed", "cluster", "detect"] {
+        assert!(stages.contains(&stage), "{stage} missing from {stages:?}");
+    }
+    assert!(!stages.contains(&"source"), "the source's wait is not work");
+    let total: f64 = shares.iter().map(|s| f(&s[1])).sum();
+    assert!((total - 1.0).abs() < 1e-6, "shares sum to {total}");
+}
+
+#[test]
+fn bench_soak_samples_over_time_and_drains_without_losing_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("soak.json");
+    // No --rate: the calibration path (a throughput measurement first) runs too.
+    let report = bench(
+        &[
+            "soak",
+            "--embedder",
+            "hashing",
+            "--minutes",
+            "0.15",
+            "--calibration-events",
+            "400",
+            "--rate-multiplier",
+            "0.25",
+            "--sample-secs",
+            "2",
+        ],
+        &json,
+    );
+    let calibrated = f(&report["calibrated_events_per_second"]);
+    assert!(calibrated > 0.0);
+    assert!((f(&report["rate"]) - 0.25 * calibrated).abs() < 1e-6);
+    let produced = u(&report["produced"]);
+    assert!(
+        produced > 200,
+        "more than the warm-up was produced: {produced}"
+    );
+    assert_eq!(u(&report["processed"]), produced, "nothing lost");
+    assert_eq!(u(&report["consumed"]), produced);
+    assert_eq!(u(&report["committed"]), u(&report["end_offsets"]));
+    assert_eq!(report["drained"], true);
+    let samples = report["samples"].as_array().unwrap();
+    assert!(samples.len() >= 3, "{} samples", samples.len());
+    assert!(samples.iter().any(|s| s["producing"] == true));
+    let last = samples.last().unwrap();
+    assert_eq!(last["producing"], false);
+    assert_eq!(last["backlog"], 0);
+    assert!(samples.iter().all(|s| f(&s["rss_mib"]) > 10.0));
+    let seconds: Vec<f64> = samples.iter().map(|s| f(&s["seconds"])).collect();
+    assert!(
+        seconds.windows(2).all(|w| w[0] < w[1]),
+        "samples in time order"
+    );
+    assert!(u(&report["latency_events"]) > 0);
+    assert!(f(&report["p50_seconds"]) <= f(&report["p99_seconds"]));
+}
