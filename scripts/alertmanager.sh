@@ -12,16 +12,23 @@
 # The config sends every alert to the webhook http://127.0.0.1:19194/hook that the tests serve.
 # State (.cache/alertmanager/data: notification log, silences) is wiped at every start, so a
 # notification remembered from an earlier run can never suppress one in this run.
+#
+# Environment (a second, private Alertmanager that a test may stop without touching the shared
+# one; the defaults are the shared one's):
+#   ALERTMANAGER_INSTANCE       its name picks the directory (.cache/alertmanager-<name>/)
+#   ALERTMANAGER_PORT           its port (default 19193)
+#   ALERTMANAGER_CONFIG         its config file (default deploy/alertmanager/test-alertmanager.yml)
+#   ALERTMANAGER_START_TIMEOUT  seconds start waits for /-/ready (default 30)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-CACHE="$ROOT/.cache/alertmanager"
+CACHE="$ROOT/.cache/alertmanager${ALERTMANAGER_INSTANCE:+-$ALERTMANAGER_INSTANCE}"
 DATA="$CACHE/data"
 PIDFILE="$CACHE/alertmanager.pid"
 LOGFILE="$CACHE/alertmanager.log"
-CONFIG="$ROOT/deploy/alertmanager/test-alertmanager.yml"
+CONFIG="${ALERTMANAGER_CONFIG:-$ROOT/deploy/alertmanager/test-alertmanager.yml}"
 HOST=127.0.0.1
-PORT=19193
+PORT="${ALERTMANAGER_PORT:-19193}"
 URL="http://$HOST:$PORT"
 BIN=prometheus-alertmanager
 START_TIMEOUT="${ALERTMANAGER_START_TIMEOUT:-30}"

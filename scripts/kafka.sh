@@ -5,6 +5,8 @@
 #   scripts/kafka.sh start     start a broker on 127.0.0.1:19092 (controller 19093), wait until it
 #                              serves metadata, print KAFKA_BOOTSTRAP=127.0.0.1:19092
 #   scripts/kafka.sh stop      stop it (pidfile), wait for the process to exit
+#   scripts/kafka.sh restart   stop it and start it again on the same data (topics, offsets and
+#                              committed positions survive): the broker-outage fault test
 #   scripts/kafka.sh status    exit 0 if it is up
 #   scripts/kafka.sh env       print "export KAFKA_BOOTSTRAP=..."
 #
@@ -14,20 +16,23 @@
 #                          unless something else already listens there)
 #   KAFKA_HOME             an existing Kafka install: its libs/ is the classpath, no Maven
 #   KAFKA_START_TIMEOUT    seconds start waits for the broker (default 90)
+#   KAFKA_INSTANCE         a second, private broker: its name picks the directory
+#                          (.cache/kafka-<name>/) and KAFKA_PORT / KAFKA_CONTROLLER_PORT its
+#                          ports, so a test may stop and restart it without touching the shared one
 #
 # Everything lives under .cache/kafka/ (git-ignored). See scripts/SERVICES.md.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-CACHE="$ROOT/.cache/kafka"
-LIBS="$CACHE/libs"
+CACHE="$ROOT/.cache/kafka${KAFKA_INSTANCE:+-$KAFKA_INSTANCE}"
+LIBS="$ROOT/.cache/kafka/libs"
 POM="$ROOT/scripts/kafka/pom.xml"
 LOG4J2_CONF="$ROOT/scripts/kafka/log4j2.xml"
 PIDFILE="$CACHE/kafka.pid"
 CURRENT="$CACHE/current"          # symlink to this run's data-<stamp> dir
 HOST=127.0.0.1
-PORT=19092
-CONTROLLER_PORT=19093
+PORT="${KAFKA_PORT:-19092}"
+CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-19093}"
 DEFAULT_BOOTSTRAP="$HOST:$PORT"
 START_TIMEOUT="${KAFKA_START_TIMEOUT:-90}"
 
@@ -144,8 +149,8 @@ cmd_install() {
     log "mvn not found; installing maven with apt-get"
     apt_install maven
   fi
-  mkdir -p "$CACHE"
-  local tmp="$CACHE/libs.tmp.$$"
+  mkdir -p "$(dirname "$LIBS")" "$CACHE"
+  local tmp="$LIBS.tmp.$$"
   rm -rf "$tmp"
   log "fetching the broker jars with Maven (first run: ~45 MB, ~30 s)"
   # Maven's output goes to a file (even -B -q prints stray ANSI resets); shown on failure.
@@ -239,6 +244,13 @@ EOF
       -c "$run/server.properties" >>"$run/logs/tools/storage-tool.out" 2>&1 \
     || { tail -n 20 "$run/logs/tools/storage-tool.out" >&2; die "StorageTool format failed"; }
 
+  launch "$run" "$t_start"
+}
+
+# launch RUN_DIR T_START: starts the broker on RUN_DIR's formatted storage and waits until it
+# serves metadata.
+launch() {
+  local run="$1" t_start="$2" pid
   local t0=$SECONDS
   local jvm_opts=(-Xms256m -Xmx512m -XX:+UseG1GC -XX:MaxGCPauseMillis=20
                   -Djava.awt.headless=true
@@ -276,6 +288,16 @@ EOF
   done
   log "ready: $((SECONDS - t_start))s in all, $((SECONDS - t0))s after launching the broker ($(metadata_ok "$HOST" "$PORT"))"
   echo "KAFKA_BOOTSTRAP=$DEFAULT_BOOTSTRAP"
+}
+
+cmd_restart() {
+  external && die "KAFKA_BOOTSTRAP names an external broker; not restarting it"
+  [ -d "$CURRENT/kraft" ] || die "no broker data in $CURRENT; start one first"
+  cmd_stop
+  ensure_java
+  local t_start=$SECONDS cp
+  cp="$(classpath)"
+  launch "$(readlink -f "$CURRENT")" "$t_start"
 }
 
 cmd_stop() {
@@ -328,6 +350,7 @@ case "${1:-}" in
   install) cmd_install ;;
   start) cmd_start ;;
   stop) cmd_stop ;;
+  restart) cmd_restart ;;
   status) cmd_status ;;
   env) cmd_env ;;
   *) echo "usage: $0 {install|start|stop|status|env}" >&2; exit 2 ;;

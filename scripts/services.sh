@@ -23,6 +23,7 @@ log() { echo "services.sh: $*" >&2; }
 cmd_start() {
   local t0=$SECONDS
   mkdir -p "$ROOT/.cache"
+  "$S/chromium.sh" # headless Chromium for tests/explorer.rs; before the parallel apt-gets below
   # The two installs are independent (apt vs Maven): on a fresh machine run them side by side,
   # unless kafka.sh itself needs apt-get (no java or mvn), which would fight over dpkg's lock.
   if command -v java >/dev/null 2>&1 && command -v mvn >/dev/null 2>&1; then

@@ -10,7 +10,10 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 
 # Compile while the services install and start: both take minutes on a fresh machine.
-cargo test --all-targets --no-run 2>&1 | tail -n 3 &
+# The log is kept whole: a failed build prints its errors below instead of a truncated tail.
+mkdir -p .cache
+build_log=.cache/test-build.log
+cargo test --all-targets --no-run >"$build_log" 2>&1 &
 build_pid=$!
 
 started_services=0
@@ -24,7 +27,14 @@ started_services=1
 source .cache/services.env
 export KAFKA_BOOTSTRAP ALERTMANAGER_URL
 
-wait "$build_pid"
+if ! wait "$build_pid"; then
+  echo "test.sh: the test build failed; its output:" >&2
+  grep -v '^ *Compiling ' "$build_log" >&2 || true
+  df -h . >&2 || true
+  exit 1
+fi
+tail -n 3 "$build_log"
 
 # Two test threads: the integration tests each run the real model, and the machine has 2 cores.
 cargo test --all-targets -- --test-threads=2
+bash scripts/fuzz.sh smoke

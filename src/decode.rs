@@ -84,6 +84,7 @@ pub fn decode(payload: &[u8], limits: &DecodeLimits) -> Result<DecodedEvent, Dec
     let text = std::str::from_utf8(payload).map_err(|e| DecodeError::InvalidUtf8 {
         valid_up_to: e.valid_up_to(),
     })?;
+    check_nesting(text)?;
     let wire: WireEvent = serde_json::from_str(text).map_err(|e| DecodeError::MalformedJson {
         category: match e.classify() {
             serde_json::error::Category::Io => "io",
@@ -131,6 +132,50 @@ pub fn decode(payload: &[u8], limits: &DecodeLimits) -> Result<DecodedEvent, Dec
         },
         turns_capped,
     })
+}
+
+/// Deepest nesting of arrays and objects accepted anywhere in a message. serde_json stops at 128
+/// levels in the fields decode reads, but skips unknown fields at any depth; a real v1 event nests
+/// three deep, so a message past this is hostile wherever the nesting sits, and is rejected alike.
+pub const MAX_NESTING: usize = 128;
+
+/// Rejects nesting deeper than [`MAX_NESTING`] with a linear scan (no recursion, no allocation);
+/// everything else about the syntax is left to serde_json.
+fn check_nesting(text: &str) -> Result<(), DecodeError> {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    let (mut line, mut column) = (1usize, 0usize);
+    for &b in text.as_bytes() {
+        column += 1;
+        if b == b'\n' {
+            line += 1;
+            column = 0;
+        }
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_NESTING {
+                    return Err(DecodeError::MalformedJson {
+                        category: "nesting",
+                        line,
+                        column,
+                    });
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// A decoded event plus what the decoder had to cap on the way.
@@ -399,6 +444,113 @@ mod tests {
         assert_eq!(
             decode(s.as_bytes(), &limits()).unwrap_err().reason(),
             "malformed_json"
+        );
+    }
+    #[test]
+    fn deep_nesting_is_rejected_even_in_an_unknown_field() {
+        let deep = |n: usize| {
+            VALID.replace(
+                r#""unknown_field":42"#,
+                &format!(r#""unknown_field":{}1{}"#, "[".repeat(n), "]".repeat(n)),
+            )
+        };
+        // serde_json skips unknown fields without a depth limit, so this is decode's own check.
+        let err = decode(deep(5_000).as_bytes(), &limits()).unwrap_err();
+        assert_eq!(err.reason(), "malformed_json");
+        assert!(err.to_string().contains("nesting"), "{err}");
+        assert!(decode(deep(MAX_NESTING - 1).as_bytes(), &limits()).is_ok());
+        // Brackets inside strings (escaped quotes included) are text, not nesting.
+        let text = format!(r#"\"{}"#, "[{".repeat(200));
+        let s = VALID.replace("hello there", &text);
+        assert!(decode(s.as_bytes(), &limits()).is_ok());
+    }
+
+    #[test]
+    fn a_100_mb_payload_is_refused_from_its_length_alone() {
+        // Zeroed pages the kernel has not backed: nothing here reads them, and neither may
+        // decode. All-zero bytes would otherwise be a `malformed_json`, so the reason shows that
+        // the size check came first.
+        let payload = vec![0u8; 100 * 1024 * 1024];
+        let err = decode(&payload, &limits()).unwrap_err();
+        assert_eq!(
+            err,
+            DecodeError::Oversized {
+                size: 100 * 1024 * 1024,
+                limit: limits().max_message_bytes
+            }
+        );
+    }
+
+    #[test]
+    fn ten_thousand_turns_are_capped_at_max_turns() {
+        let turns: Vec<String> = (0..10_000)
+            .map(|i| format!(r#"{{"role":"user","content":"turn {i}"}}"#))
+            .collect();
+        let s = format!(
+            r#"{{"conversation_id":"c","account_id":"a","timestamp":"2026-11-27T10:15:02Z","turns":[{}]}}"#,
+            turns.join(",")
+        );
+        let d = decode(s.as_bytes(), &limits()).expect("capped, not rejected");
+        assert_eq!(d.event.turns.len(), limits().max_turns);
+        assert_eq!(d.event.turns[199].content, "turn 199");
+        assert!(d.turns_capped);
+    }
+
+    #[test]
+    fn lone_surrogate_escapes_are_malformed_json() {
+        for escaped in [r"\ud800", r"\udfff", r"\udc00\ud800", r"\ud800\u0041"] {
+            let s = VALID.replace("hello there", escaped);
+            assert_eq!(
+                decode(s.as_bytes(), &limits()).unwrap_err().reason(),
+                "malformed_json",
+                "{escaped}"
+            );
+        }
+        // A correctly paired surrogate is an ordinary character.
+        let s = VALID.replace("hello there", r"\ud83d\ude00");
+        assert_eq!(
+            decode(s.as_bytes(), &limits()).unwrap().event.turns[0].content,
+            "\u{1F600}"
+        );
+    }
+
+    #[test]
+    fn surrogates_and_overlong_forms_in_raw_bytes_are_invalid_utf8() {
+        for bad in [
+            &b"\xed\xa0\x80"[..],
+            b"\xc0\xaf",
+            b"\xf4\x90\x80\x80",
+            b"\xe2\x80",
+        ] {
+            let mut bytes = VALID.as_bytes().to_vec();
+            let at = VALID.find("hello").unwrap();
+            bytes.splice(at..at, bad.iter().copied());
+            let err = decode(&bytes, &limits()).unwrap_err();
+            assert_eq!(err, DecodeError::InvalidUtf8 { valid_up_to: at }, "{bad:?}");
+        }
+    }
+
+    /// Decode keeps text verbatim, hostile or not: it is what the user sent. Characters that hide
+    /// or reorder text are removed by the summarize stage (`summarize::scrub::sanitize`), before
+    /// anything derived from the text is kept or exported; ids and surfaces are checked here.
+    #[test]
+    fn hiding_characters_pass_decode_verbatim_but_not_into_identifiers() {
+        let text = "a\u{202E}b\u{200B}c\u{200D}d\u{FEFF}e";
+        let s = VALID.replace("hello there", text);
+        assert_eq!(
+            decode(s.as_bytes(), &limits()).unwrap().event.turns[0].content,
+            text
+        );
+        let s = VALID.replace("computer_use", "computer\u{202E}_use");
+        assert_eq!(
+            decode(s.as_bytes(), &limits()).unwrap_err().reason(),
+            "invalid_field"
+        );
+        let flood = format!("e{}", "\u{0301}".repeat(100_000));
+        let s = VALID.replace("hello there", &flood);
+        assert_eq!(
+            decode(s.as_bytes(), &limits()).unwrap().event.turns[0].content,
+            flood
         );
     }
 }

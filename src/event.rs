@@ -61,7 +61,7 @@ pub struct EventMeta {
     pub event_time_ms: i64,
     pub surface: String,
     pub classifier_flagged: bool,
-    /// SimHash of the first user turn's skeleton ([`crate::cluster::template`]); 0 when unknown.
+    /// MinHash fingerprint of the first user turn's skeleton ([`crate::cluster::template`]); 0 when unknown.
     pub template: u64,
     /// The raw account id, kept only when the restricted investigation output is on
     /// ([`crate::investigation`]); `None` otherwise.

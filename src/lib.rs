@@ -31,6 +31,7 @@ pub mod privacy;
 pub mod remote;
 pub mod replay;
 pub mod run;
+pub mod scale;
 pub mod shutdown;
 pub mod source;
 pub mod summarize;

@@ -7,6 +7,7 @@
 //! dead-letter sink), which is what makes a committed offset a promise. A full channel blocks the
 //! stage before it, and ultimately the source: that is the backpressure.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -38,27 +39,29 @@ const PREFETCH_BATCH: usize = 64;
 // Almost every message is `Summarized`; boxing it would add an allocation per event to save
 // memory only on the rare rejected one.
 #[allow(clippy::large_enum_variant)]
-enum Work {
+pub(crate) enum Work {
     /// Rejected and dead-lettered: only its position remains, to be acknowledged in order.
     Skip { position: SourcePosition },
     Summarized {
         meta: EventMeta,
         summary: Summary,
         position: SourcePosition,
+        /// [`RawMessage::produced_at_ms`], for the event→cluster latency metric.
+        produced_at_ms: Option<i64>,
     },
 }
 
 impl Work {
-    fn position(&self) -> SourcePosition {
+    pub(crate) fn position(&self) -> SourcePosition {
         match self {
             Work::Skip { position } | Work::Summarized { position, .. } => *position,
         }
     }
 }
 
-struct Embedded {
-    work: Work,
-    vector: Option<Vec<f32>>,
+pub(crate) struct Embedded {
+    pub(crate) work: Work,
+    pub(crate) vector: Option<Vec<f32>>,
 }
 
 /// One line of `--assignments-out`.
@@ -113,6 +116,22 @@ pub struct Pipeline {
     /// Replay mode: embed batches are always filled to `embed_batch_size` (or end of input), so
     /// batch composition — and with it every float — is independent of timing.
     pub deterministic_batches: bool,
+    /// What the input messages are: conversations, or the enrich role's records.
+    pub input: PipelineInput,
+    /// The cluster shard this pipeline owns (`run --role cluster`): its rows and gauges are
+    /// combined with the other shards' of this process. `None` for a whole-stream pipeline.
+    pub shard: Option<i32>,
+}
+
+/// What arrives on a pipeline's input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PipelineInput {
+    /// v1 conversation events: decode, summarize and embed them here.
+    #[default]
+    Conversations,
+    /// Records of the enrich role (`src/scale/record.rs`), already summarized and embedded; the
+    /// pipeline's embedder only names the vector space they must be in.
+    Enriched,
 }
 
 /// Where and how often the cluster stage snapshots.
@@ -122,6 +141,8 @@ pub struct SnapshotPlan {
     pub settings: crate::config::SnapshotSettings,
     /// The offsets (next to read) of the snapshot `initial_state` came from.
     pub resumed: std::collections::BTreeMap<i32, i64>,
+    /// The detectors' memory from the same snapshot.
+    pub detector: Option<crate::detect::DetectorSnapshot>,
 }
 
 /// What a finished run leaves behind, for summaries and `--clusters-out`.
@@ -138,31 +159,53 @@ pub const KEPT_ALERTS: usize = 10_000;
 
 impl Pipeline {
     /// Runs until `input` closes and every stage has drained.
-    pub async fn run(self, input: mpsc::Receiver<RawMessage>) -> anyhow::Result<PipelineReport> {
+    pub async fn run(
+        mut self,
+        input: mpsc::Receiver<RawMessage>,
+    ) -> anyhow::Result<PipelineReport> {
         let capacity = self.settings.pipeline.channel_capacity.max(1);
         let (summarized_tx, summarized_rx) = mpsc::channel::<Work>(capacity);
         let (embedded_tx, embedded_rx) = mpsc::channel::<Embedded>(capacity);
         let (alert_tx, alert_rx) = mpsc::channel::<AlertRecord>(capacity);
 
-        let summarize = tokio::spawn(summarize_stage(
-            input,
-            summarized_tx,
-            self.investigation.is_some(),
-            self.settings.clone(),
-            self.summarizer.clone(),
-            self.dead_letter.clone(),
-            self.metrics.clone(),
-        ));
-        let embed = tokio::spawn(embed_stage(
-            summarized_rx,
-            embedded_tx,
-            self.embedder.clone(),
-            self.settings.pipeline.embed_batch_size.max(1),
-            Duration::from_millis(self.settings.pipeline.embed_linger_ms),
-            self.deterministic_batches,
-            self.dead_letter.clone(),
-            self.metrics.clone(),
-        ));
+        let (summarize, embed) = match self.input {
+            PipelineInput::Conversations => (
+                tokio::spawn(summarize_stage(
+                    input,
+                    summarized_tx,
+                    self.investigation.is_some(),
+                    self.settings.clone(),
+                    self.summarizer.clone(),
+                    self.dead_letter.clone(),
+                    self.metrics.clone(),
+                )),
+                tokio::spawn(embed_stage(
+                    summarized_rx,
+                    embedded_tx,
+                    self.embedder.clone(),
+                    self.settings.pipeline.embed_batch_size.max(1),
+                    Duration::from_millis(self.settings.pipeline.embed_linger_ms),
+                    self.deterministic_batches,
+                    self.dead_letter.clone(),
+                    self.metrics.clone(),
+                )),
+            ),
+            PipelineInput::Enriched => {
+                drop((summarized_tx, summarized_rx));
+                (
+                    tokio::spawn(crate::scale::intake::enriched_stage(
+                        input,
+                        embedded_tx,
+                        self.embedder.id().to_string(),
+                        self.embedder.dimension(),
+                        self.settings.limits.max_message_bytes,
+                        self.dead_letter.clone(),
+                        self.metrics.clone(),
+                    )),
+                    tokio::spawn(async { anyhow::Ok(()) }),
+                )
+            }
+        };
         let gate = PrivacyGate::new(self.settings.privacy.clone());
         let mut state = match self.initial_state {
             Some(state) => state,
@@ -184,7 +227,17 @@ impl Pipeline {
             }
             None => (None, None),
         };
-        let detector = Detectors::new(&self.settings.detect, gate.clone())?;
+        let mut detector = Detectors::new(&self.settings.detect, gate.clone())?;
+        if let Some(memory) = self
+            .snapshots
+            .as_mut()
+            .and_then(|plan| plan.detector.take())
+        {
+            detector.restore(memory);
+        }
+        // The highest alert sequence every sink has taken; a snapshot waits for it (see
+        // `Snapshotter`). Records before a restored snapshot were all handed over.
+        let alerts_handed_over = Arc::new(AtomicU64::new(detector.emitted()));
         let cluster = {
             let metrics = self.metrics.clone();
             let completion = match self.snapshots {
@@ -194,11 +247,13 @@ impl Pipeline {
                     &plan.settings,
                     &plan.resumed,
                     self.acker.clone(),
+                    alerts_handed_over.clone(),
                     self.metrics.clone(),
                 ))),
                 None => Completion::PerEvent(self.acker.clone()),
             };
             let partitions = self.partitions.clone();
+            let shard = self.shard;
             let outputs = ClusterOutputs {
                 assignments: self.assignments,
                 lifecycle: self.lifecycle,
@@ -224,6 +279,7 @@ impl Pipeline {
                     completion,
                     partitions,
                     outputs,
+                    shard,
                     metrics,
                 )
             })
@@ -231,6 +287,8 @@ impl Pipeline {
         let alerts = tokio::spawn(alert_stage(
             alert_rx,
             self.alert_sinks,
+            self.view.clone(),
+            alerts_handed_over,
             self.metrics.clone(),
         ));
 
@@ -259,7 +317,7 @@ impl Pipeline {
 }
 
 /// Decodes and summarizes, `summarize_concurrency` messages at a time, emitting in input order.
-async fn summarize_stage(
+pub(crate) async fn summarize_stage(
     input: mpsc::Receiver<RawMessage>,
     output: mpsc::Sender<Work>,
     keep_account_ids: bool,
@@ -353,6 +411,9 @@ async fn process_message(
     metrics.observe_stage("summarize", started.elapsed().as_secs_f64());
     match summary {
         Ok(summary) => {
+            if summarizer.is_offline() {
+                metrics.summaries.with_label_values(&["offline"]).inc();
+            }
             let mut meta = EventMeta::from_event(&decoded.event);
             if keep_account_ids {
                 meta.restricted_account = Some(crate::investigation::RestrictedId::new(
@@ -366,6 +427,7 @@ async fn process_message(
                 meta,
                 summary,
                 position,
+                produced_at_ms: message.produced_at_ms,
             })
         }
         Err(error) => {
@@ -388,7 +450,7 @@ async fn process_message(
 /// Writes a dead-letter record, retrying with exponential backoff. If the sink stays down the
 /// stage fails, so the position is never acknowledged and the message is redelivered later —
 /// a rejected message is never silently lost.
-async fn deliver_dead_letter(
+pub(crate) async fn deliver_dead_letter(
     sink: &dyn DeadLetterSink,
     message: &RawMessage,
     rejection: &Rejection,
@@ -432,7 +494,7 @@ async fn deliver_dead_letter(
 
 /// Collects batches and embeds them off the async runtime.
 #[allow(clippy::too_many_arguments)]
-async fn embed_stage(
+pub(crate) async fn embed_stage(
     mut input: mpsc::Receiver<Work>,
     output: mpsc::Sender<Embedded>,
     embedder: Arc<dyn Embedder>,
@@ -491,6 +553,7 @@ async fn embed_stage(
                             original_len: 0,
                             key: None,
                             position: *position,
+                            produced_at_ms: None,
                         };
                         metrics
                             .events_rejected
@@ -766,21 +829,59 @@ enum Completion {
 }
 
 impl Completion {
-    fn done(&mut self, position: SourcePosition, state: &ClusterState) {
+    fn done(&mut self, position: SourcePosition, state: &ClusterState, detector: &Detectors) {
         match self {
             Completion::PerEvent(acker) => acker.ack(position),
             Completion::Snapshots(snapshotter) => {
                 snapshotter.processed(position);
-                snapshotter.maybe_snapshot(state);
+                snapshotter.maybe_snapshot(state, detector);
             }
         }
     }
 
-    fn finish(self, state: &ClusterState) {
+    /// The source is handing partitions over: make everything processed durable now.
+    fn flush(&mut self, state: &ClusterState, detector: &Detectors) {
         if let Completion::Snapshots(snapshotter) = self {
-            snapshotter.finish(state);
+            snapshotter.snapshot_now(state, detector);
         }
     }
+
+    /// Nothing arrived for a while: take a snapshot if one is due, so the tail of a stream that
+    /// stopped is made durable and its offsets committed (otherwise its lag never drains).
+    fn idle(&mut self, state: &ClusterState, detector: &Detectors) {
+        if let Completion::Snapshots(snapshotter) = self {
+            snapshotter.maybe_snapshot(state, detector);
+        }
+    }
+
+    fn finish(self, state: &ClusterState, detector: &Detectors) {
+        if let Completion::Snapshots(snapshotter) = self {
+            snapshotter.finish(state, detector);
+        }
+    }
+}
+
+/// How long the cluster stage waits for an event before doing its idle work: a due snapshot and
+/// the gauges.
+const IDLE_TICK: Duration = Duration::from_secs(1);
+
+enum Next<T> {
+    Item(T),
+    Idle,
+    Closed,
+}
+
+/// The next item, or `Idle` after [`IDLE_TICK`] without one. The stage runs on a blocking
+/// thread of the runtime, so it can wait on the runtime's timer.
+fn next_or_idle<T>(input: &mut mpsc::Receiver<T>) -> Next<T> {
+    let received = match tokio::runtime::Handle::try_current() {
+        Ok(handle) => match handle.block_on(tokio::time::timeout(IDLE_TICK, input.recv())) {
+            Ok(received) => received,
+            Err(_) => return Next::Idle,
+        },
+        Err(_) => input.blocking_recv(),
+    };
+    received.map_or(Next::Closed, Next::Item)
 }
 
 /// Owns cluster state and the detector; runs on a blocking thread (it is CPU work).
@@ -794,18 +895,35 @@ fn cluster_stage(
     mut completion: Completion,
     partitions: Option<Arc<PartitionAssignment>>,
     mut outputs: ClusterOutputs,
+    shard: Option<i32>,
     metrics: Metrics,
 ) -> anyhow::Result<(ClusterState, Detectors)> {
+    let view_shard = shard;
+    let shard = shard.unwrap_or(crate::export::gauges::WHOLE_STREAM);
     let mut labels_refused_seen = 0u64;
+    // The source raises a flush request while it hands revoked partitions over.
+    let handover = partitions.clone();
     let mut partitions = partitions.map(PartitionFeed::new);
     let mut previous: Option<SourcePosition> = None;
     // Events already waiting are taken together, so the index can find their nearest
     // centroids in one pass (see `ClusterState::prefetch`); they are still applied one by one.
     let mut waiting: std::collections::VecDeque<Embedded> = Default::default();
     loop {
+        if waiting.is_empty()
+            && input.is_empty()
+            && handover.as_ref().is_some_and(|h| h.flush_requested())
+        {
+            completion.flush(&state, &detector);
+        }
         if waiting.is_empty() {
-            let Some(first) = input.blocking_recv() else {
-                break;
+            let first = match next_or_idle(&mut input) {
+                Next::Item(first) => first,
+                Next::Closed => break,
+                Next::Idle => {
+                    completion.idle(&state, &detector);
+                    update_gauges(shard, &state, &detector, &gate, &metrics);
+                    continue;
+                }
             };
             waiting.push_back(first);
             while waiting.len() < PREFETCH_BATCH {
@@ -835,19 +953,24 @@ fn cluster_stage(
             feed.before_event(previous.take(), &mut state);
         }
         previous = Some(embedded.work.position());
+        let produced_at_ms = match &embedded.work {
+            Work::Summarized { produced_at_ms, .. } => *produced_at_ms,
+            Work::Skip { .. } => None,
+        };
         let (meta, summary, position) = match embedded.work {
             Work::Skip { position } => {
-                completion.done(position, &state);
+                completion.done(position, &state, &detector);
                 continue;
             }
             Work::Summarized {
                 meta,
                 summary,
                 position,
+                ..
             } => (meta, summary, position),
         };
         let Some(vector) = embedded.vector else {
-            completion.done(position, &state);
+            completion.done(position, &state, &detector);
             continue;
         };
         let started = Instant::now();
@@ -862,16 +985,29 @@ fn cluster_stage(
         let touched = match assignment {
             Assignment::Duplicate => {
                 metrics.events_duplicate.inc();
-                completion.done(position, &state);
+                completion.done(position, &state, &detector);
                 continue;
             }
             Assignment::Founded { cluster_id } => cluster_id,
             Assignment::Joined { cluster_id, .. } => cluster_id,
         };
+        let surface_label = [Metrics::surface_label(&meta.surface)];
         metrics
             .events_clustered
-            .with_label_values(&[Metrics::surface_label(&meta.surface)])
+            .with_label_values(&surface_label)
             .inc();
+        if summary.concern >= crate::detect::HIGH_CONCERN {
+            metrics
+                .surface_high_concern
+                .with_label_values(&surface_label)
+                .inc();
+        }
+        if summary.refused {
+            metrics
+                .surface_refusals
+                .with_label_values(&surface_label)
+                .inc();
+        }
         outputs.investigation_join(touched, &meta)?;
         metrics
             .event_time_watermark
@@ -888,6 +1024,10 @@ fn cluster_stage(
         };
         let records = detector.observe(&mut state, Some(observed), clock);
         metrics.observe_stage("detect", started.elapsed().as_secs_f64());
+        if !records.is_empty() {
+            // The dashboards show an alert when its page goes out, not at the next maintenance.
+            update_gauges(shard, &state, &detector, &gate, &metrics);
+        }
         for record in records {
             outputs.investigation_alert(&record)?;
             if alerts.blocking_send(record).is_err() {
@@ -905,8 +1045,7 @@ fn cluster_stage(
             let started = Instant::now();
             state.rebuild_hierarchy();
             metrics.observe_stage("hierarchy", started.elapsed().as_secs_f64());
-            metrics.topics.set(state.topic_count() as i64);
-            metrics.domains.set(state.domain_count() as i64);
+            update_gauges(shard, &state, &detector, &gate, &metrics);
         }
         if let Some(sink) = outputs.assignments.as_mut() {
             sink.write(&AssignmentRecord {
@@ -916,9 +1055,8 @@ fn cluster_stage(
                 domain_id: state.domain_of(touched),
             })?;
         }
-        // Only now is the event's effect in cluster state (and its outputs handed on).
-        completion.done(position, &state);
-
+        // Maintenance due after this event is part of its effect: a snapshot cut between the
+        // two would skip the pass on restore (it is scheduled by event count).
         if state.maintenance_due() {
             let started = Instant::now();
             let events = state.maintain();
@@ -930,63 +1068,65 @@ fn cluster_stage(
             if let Some((_, sink)) = outputs.investigation.as_mut() {
                 sink.flush()?;
             }
-            update_gauges(&state, &detector, &gate, &metrics);
-            publish_view(outputs.view.as_deref(), &state, &gate);
+            update_gauges(shard, &state, &detector, &gate, &metrics);
+            publish_view(outputs.view.as_deref(), view_shard, &state, &gate);
         }
+        // Only now is the event's effect in cluster state (and its outputs handed on).
+        metrics.observe_event_cluster_latency(produced_at_ms);
+        completion.done(position, &state, &detector);
     }
     let events = state.drain_lifecycle();
     outputs.lifecycle(events, &mut detector, &gate, &metrics)?;
     if let Some(mut namer) = outputs.namer.take() {
         namer.finish(&mut state, &gate);
     }
-    update_gauges(&state, &detector, &gate, &metrics);
-    publish_view(outputs.view.as_deref(), &state, &gate);
+    update_gauges(shard, &state, &detector, &gate, &metrics);
+    publish_view(outputs.view.as_deref(), view_shard, &state, &gate);
     outputs.flush()?;
-    completion.finish(&state);
+    completion.finish(&state, &detector);
     Ok((state, detector))
 }
 
 fn publish_view(
     view: Option<&crate::export::view::ClusterView>,
+    shard: Option<i32>,
     state: &ClusterState,
     gate: &PrivacyGate,
 ) {
     if let Some(view) = view {
-        view.publish(&crate::export::clusters::ClusterTable::build(state, gate));
+        let table = crate::export::clusters::ClusterTable::build(state, gate);
+        match shard {
+            Some(shard) => view.publish_shard(shard, &table),
+            None => view.publish(&table),
+        }
     }
 }
 
 fn update_gauges(
+    shard: i32,
     state: &ClusterState,
     detector: &Detectors,
     gate: &PrivacyGate,
     metrics: &Metrics,
 ) {
-    metrics.live_clusters.set(state.live_clusters() as i64);
-    metrics
-        .visible_clusters
-        .set(state.clusters().filter(|c| gate.admits(c)).count() as i64);
-    for kind in crate::alert::AlertKind::ALL {
-        let (pending, firing) = detector.counts(kind);
-        metrics
-            .open_alerts
-            .with_label_values(&[kind.as_str(), "firing"])
-            .set(firing as i64);
-        metrics
-            .open_alerts
-            .with_label_values(&[kind.as_str(), "pending"])
-            .set(pending as i64);
-    }
+    let reading = crate::export::gauges::GaugeReading::read(state, detector, gate);
+    metrics.gauge_board.update(shard, reading, metrics);
 }
 
-/// Counts alert state changes and hands them to every sink, in order.
+/// Counts alert state changes and hands them to every sink, in order, and to the view behind
+/// `/api/alerts` (before the sinks, so a slow sink never delays what the explorer shows).
 async fn alert_stage(
     mut input: mpsc::Receiver<AlertRecord>,
     mut sinks: Vec<Box<dyn AlertSink>>,
+    view: Option<Arc<crate::export::view::ClusterView>>,
+    handed_over: Arc<AtomicU64>,
     metrics: Metrics,
 ) -> std::collections::VecDeque<AlertRecord> {
     let mut all = std::collections::VecDeque::new();
     while let Some(record) = input.recv().await {
+        if let Some(view) = &view {
+            view.record_alert(&record);
+        }
         metrics
             .alerts
             .with_label_values(&[
@@ -998,6 +1138,9 @@ async fn alert_stage(
         for sink in sinks.iter_mut() {
             sink.deliver(&record).await;
         }
+        // Every sink has it now (a network sink: fsynced in its spool), so a snapshot that
+        // counts this record as emitted may be taken.
+        handed_over.fetch_max(record.sequence, Ordering::Release);
         if all.len() == KEPT_ALERTS {
             all.pop_front();
         }

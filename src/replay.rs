@@ -112,6 +112,8 @@ pub async fn replay(
             .as_ref()
             .and_then(|client| crate::naming::Namer::new(client.clone(), metrics.clone())),
         deterministic_batches: true,
+        input: crate::pipeline::PipelineInput::Conversations,
+        shard: None,
         settings: settings.clone(),
     };
     let (tx, rx) = mpsc::channel(settings.pipeline.channel_capacity.max(1));

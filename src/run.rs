@@ -152,25 +152,40 @@ fn resume_from_snapshot(
         std::fs::rename(&path, &aside)?;
         tracing::warn!(moved_to = %aside.display(), "--reset-clusters: previous snapshot set aside");
     }
+    let (plan, state) = restore_snapshot(path, &settings.kafka.topic, settings, embedder)?;
+    Ok((Some(plan), state))
+}
+
+/// Loads the snapshot at `path` (if there is one) for a pipeline reading `source_topic`: the plan
+/// to keep snapshotting there, with the offsets and detector memory to resume from, and the
+/// cluster state.
+pub(crate) fn restore_snapshot(
+    path: std::path::PathBuf,
+    source_topic: &str,
+    settings: &Settings,
+    embedder: &dyn Embedder,
+) -> anyhow::Result<(SnapshotPlan, Option<ClusterState>)> {
     let mut plan = SnapshotPlan {
         path: path.clone(),
-        source_topic: settings.kafka.topic.clone(),
+        source_topic: source_topic.to_string(),
         settings: settings.snapshot.clone(),
         resumed: Default::default(),
+        detector: None,
     };
-    let Some(body) = snapshot::load(&path)? else {
+    let Some(mut body) = snapshot::load(&path)? else {
         tracing::info!(path = %path.display(), "no snapshot; starting from empty cluster state");
-        return Ok((Some(plan), None));
+        return Ok((plan, None));
     };
-    if body.source_topic != settings.kafka.topic {
+    if body.source_topic != source_topic {
         anyhow::bail!(
             "snapshot {} was taken from topic {:?}, not {:?}; use --reset-clusters to discard it",
             path.display(),
             body.source_topic,
-            settings.kafka.topic
+            source_topic
         );
     }
     plan.resumed = body.offsets.clone();
+    plan.detector = body.detector.take();
     let clusters = body.clusters.len();
     let state = ClusterState::from_snapshot(
         settings.cluster.clone(),
@@ -179,7 +194,36 @@ fn resume_from_snapshot(
         embedder.id(),
     )?;
     tracing::info!(path = %path.display(), clusters, offsets = ?plan.resumed, "resuming from snapshot");
-    Ok((Some(plan), Some(state)))
+    Ok((plan, Some(state)))
+}
+
+/// Starts `/metrics`, `/healthz`, `/api` and `/explorer` when `http.listen` is set.
+pub(crate) async fn start_http(
+    settings: &Settings,
+    metrics: &Metrics,
+    health: &Arc<Health>,
+    view: &Arc<crate::export::view::ClusterView>,
+    shutdown: &ShutdownTrigger,
+    on_listen: Option<Box<dyn FnOnce(std::net::SocketAddr) + Send>>,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    if settings.http.listen.is_empty() {
+        return Ok(None);
+    }
+    let access = crate::export::http::ApiAccess::from_settings(&settings.http)?;
+    let (addr, task) = crate::export::http::serve_with_access(
+        &settings.http.listen,
+        metrics.clone(),
+        health.clone(),
+        view.clone(),
+        access,
+        shutdown.subscribe(),
+    )
+    .await?;
+    tracing::info!(%addr, "serving /metrics, /healthz, /api and /explorer");
+    if let Some(cb) = on_listen {
+        cb(addr);
+    }
+    Ok(Some(task))
 }
 
 /// Consumes the configured topic until `shutdown` fires, then drains the pipeline, commits the
@@ -192,22 +236,15 @@ pub async fn run_kafka(
     let metrics = options.metrics.clone();
     let health = Arc::new(Health::default());
     let view = Arc::new(crate::export::view::ClusterView::default());
-    let mut http_task = None;
-    if !settings.http.listen.is_empty() {
-        let (addr, task) = crate::export::http::serve(
-            &settings.http.listen,
-            metrics.clone(),
-            health.clone(),
-            view.clone(),
-            shutdown.subscribe(),
-        )
-        .await?;
-        tracing::info!(%addr, "serving /metrics and /healthz");
-        if let Some(cb) = options.on_listen {
-            cb(addr);
-        }
-        http_task = Some(task);
-    }
+    let http_task = start_http(
+        &settings,
+        &metrics,
+        &health,
+        &view,
+        &shutdown,
+        options.on_listen,
+    )
+    .await?;
 
     let llm = build_llm(&settings, &metrics)?;
     let embedder = match options.embedder {
@@ -216,7 +253,11 @@ pub async fn run_kafka(
     };
     let (snapshots, initial_state) =
         resume_from_snapshot(&settings, embedder.as_ref(), options.reset_clusters)?;
-    let source = KafkaSource::new(&settings.kafka, settings.limits.max_message_bytes)?;
+    let source = KafkaSource::new(
+        &settings.kafka,
+        settings.limits.max_message_bytes,
+        Some(metrics.kafka_consumer_lag.clone()),
+    )?;
     if let Some(plan) = &snapshots {
         source.resume_from(plan.resumed.clone());
     }
@@ -254,6 +295,8 @@ pub async fn run_kafka(
             .as_ref()
             .and_then(|client| crate::naming::Namer::new(client.clone(), metrics.clone())),
         deterministic_batches: false,
+        input: crate::pipeline::PipelineInput::Conversations,
+        shard: None,
         settings: settings.clone(),
     };
     let (tx, rx) = mpsc::channel(settings.pipeline.channel_capacity.max(1));

@@ -44,6 +44,7 @@ fn cluster_record(
     severity: Severity,
 ) -> AlertRecord {
     AlertRecord {
+        sequence: 0,
         alert_id: format!("{}-{cluster}-1700000000", kind.as_str()),
         kind,
         status,
@@ -62,6 +63,7 @@ fn cluster_record(
             tightness: 0.91,
             tightness_z: 4.2,
             duplication_rate: 0.8,
+            template_share: 0.8,
             growth: 12.0,
             top_account_share: 0.05,
             fresh_account_share: 1.0,
@@ -83,6 +85,7 @@ fn coordinated(cluster: u64, status: AlertStatus, severity: Severity) -> AlertRe
 
 fn surface_record(status: AlertStatus, severity: Severity) -> AlertRecord {
     AlertRecord {
+        sequence: 0,
         alert_id: "launch_drift-computer_use-1700000000".into(),
         kind: AlertKind::LaunchDrift,
         status,

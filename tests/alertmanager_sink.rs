@@ -177,6 +177,7 @@ fn cluster_alert(
     label: &str,
 ) -> AlertRecord {
     AlertRecord {
+        sequence: 0,
         alert_id: format!("{}-{cluster}", kind.as_str()),
         kind,
         status,
@@ -195,6 +196,7 @@ fn cluster_alert(
             tightness: 0.9,
             tightness_z: 3.0,
             duplication_rate: 0.5,
+            template_share: 0.5,
             growth: 5.0,
             top_account_share: 0.02,
             fresh_account_share: 1.0,

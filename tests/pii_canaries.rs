@@ -801,11 +801,13 @@ fn run_mode(mode: Mode) {
             .any(|a| a.status == AlertStatus::Firing && a.cluster_id == Some(in_process.cluster)),
         "the in-process report holds the campaign's alert"
     );
-    let snapshot = clusterwatch::cluster::snapshot::encode(
-        &report
-            .state
-            .to_snapshot("conversations", Default::default()),
-    );
+    // As the snapshotter writes it: cluster state and the detectors' memory (open alerts, launch
+    // windows), which is JSON inside the body, so the scanners read it as text.
+    let mut body = report
+        .state
+        .to_snapshot("conversations", Default::default());
+    body.detector = Some(report.detector.snapshot());
+    let snapshot = clusterwatch::cluster::snapshot::encode(&body);
     checked.scan(
         &scanners,
         false,

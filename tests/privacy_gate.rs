@@ -410,7 +410,11 @@ fn assert_outputs_consistent(outcome: &Outcome) {
         "the visible-clusters gauge counts the gated table"
     );
     assert_eq!(
-        sample(&outcome.metrics, "clusterwatch_live_clusters", "") as usize,
+        sample(
+            &outcome.metrics,
+            "clusterwatch_live_clusters",
+            "kind=\"micro\""
+        ) as usize,
         outcome.table.totals.live_clusters
     );
     let totals = &outcome.table.totals;

@@ -7,7 +7,6 @@ use std::path::Path;
 use std::process::Command;
 
 use clusterwatch::demo::traffic::{self, TrafficSpec};
-use clusterwatch::export::Metrics;
 use common::*;
 use serde_json::json;
 
@@ -199,19 +198,7 @@ fn personal_data_never_reaches_outputs_logs_or_metrics() {
     );
 
     // /metrics after the same replay, in-process.
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let metrics = Metrics::new();
-    let outputs = clusterwatch::replay::ReplayOutputs::default();
-    rt.block_on(clusterwatch::replay::replay(
-        test_settings(),
-        &input,
-        &outputs,
-        metrics.clone(),
-        Some(model()),
-        Vec::new(),
-    ))
-    .expect("replay");
-    let text = metrics.render();
+    let text = replay_metrics(&input);
     assert!(text.contains("clusterwatch_events_clustered_total"));
     assert_no_canary("/metrics", &text, &canaries);
     assert!(

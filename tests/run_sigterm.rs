@@ -3,65 +3,32 @@
 
 mod common;
 
-use std::io::Read;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use clusterwatch::demo::traffic::{self, TrafficSpec};
+use common::process::{free_port, metric, sigterm_and_wait, start_run};
 use common::*;
 
 const PARTITIONS: i32 = 2;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
+/// Starts `clusterwatch run`; its log goes to a file beside the config (a pipe nobody drains
+/// while the process runs could fill and block it).
 fn start(config: &std::path::Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_clusterwatch"))
-        .args(["run", "--config"])
-        .arg(config)
-        .env("CLUSTERWATCH_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start clusterwatch run")
+    start_run(config, &log_path(config))
 }
 
-fn metric(port: u16, name: &str) -> Option<f64> {
-    let body = reqwest::blocking::get(format!("http://127.0.0.1:{port}/metrics"))
-        .ok()?
-        .text()
-        .ok()?;
-    body.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
+fn log_path(config: &std::path::Path) -> std::path::PathBuf {
+    config.with_file_name("clusterwatch.log")
 }
 
-fn sigterm_and_wait(mut child: Child, within: Duration) -> (i32, String) {
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            let mut logs = String::new();
-            if let Some(mut err) = child.stderr.take() {
-                let _ = err.read_to_string(&mut logs);
-            }
-            return (status.code().unwrap_or(-1), logs);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("clusterwatch did not exit within {within:?} of SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+/// SIGTERM, the exit code, and everything the process logged.
+fn stop(child: Child, config: &std::path::Path, within: Duration) -> (i32, String) {
+    let code = sigterm_and_wait(child, within);
+    (
+        code,
+        std::fs::read_to_string(log_path(config)).unwrap_or_default(),
+    )
 }
 
 async fn prepared(
@@ -129,7 +96,7 @@ async fn sigterm_after_the_stream_commits_everything_and_exits_zero() {
             !api.contains("acct-") && !api.contains("conv-"),
             "ids never reach the API"
         );
-        let (code, logs) = sigterm_and_wait(child, Duration::from_secs(60));
+        let (code, logs) = stop(child, &config, Duration::from_secs(60));
         assert_eq!(code, 0, "exit code; logs:\n{logs}");
         assert!(logs.contains("SIGTERM received"), "{logs}");
         assert!(logs.contains("drained and committed"), "{logs}");
@@ -151,7 +118,7 @@ async fn sigterm_mid_stream_drains_what_was_read_and_exits_zero() {
             assert!(Instant::now() < deadline, "nothing was processed");
             std::thread::sleep(Duration::from_millis(100));
         }
-        let (code, logs) = sigterm_and_wait(child, Duration::from_secs(90));
+        let (code, logs) = stop(child, &config, Duration::from_secs(90));
         assert_eq!(code, 0, "exit code; logs:\n{logs}");
         let (committed, end) = committed_and_end(&kafka_bootstrap(), &group, &topic, PARTITIONS);
         assert_eq!(end, total as i64);

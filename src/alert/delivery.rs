@@ -7,7 +7,7 @@
 //! removes it only once the endpoint confirmed. A retryable failure (connect error, timeout, 408,
 //! 429, 5xx) keeps the record and backs off with full jitter, honouring `Retry-After`; a permanent
 //! one (any other 4xx: the request itself is wrong, resending cannot help) drops the record with
-//! an error log and `clusterwatch_alert_deliveries_rejected_total{sink}`. The worker delivers
+//! an error log and `clusterwatch_alert_deliveries_rejected_total{kind}`. The worker delivers
 //! strictly in queue order and waits for each delivery before the next, so the order of every
 //! alert's state changes is kept (a head-of-line block during an outage costs nothing: the
 //! records behind it go to the same endpoint).

@@ -85,6 +85,8 @@ pub enum Severity {
 }
 
 impl Severity {
+    pub const ALL: [Severity; 3] = [Severity::Info, Severity::Warning, Severity::Critical];
+
     pub fn as_str(&self) -> &'static str {
         match self {
             Severity::Info => "info",
@@ -109,8 +111,12 @@ pub struct ClusterEvidence {
     /// size.
     pub tightness: f64,
     pub tightness_z: f64,
-    /// Share of the window's members that used one request template shared across accounts.
+    /// Share of the window's members that pasted one script (the same request up to numbers,
+    /// case and spacing) shared across accounts.
     pub duplication_rate: f64,
+    /// Share of the window's members that filled in one template (slots varying) shared across
+    /// accounts; at least the duplication rate.
+    pub template_share: f64,
     /// Window joins over what the cluster's own history predicts for a window (a new cluster
     /// counts its whole history as growth).
     pub growth: f64,
@@ -175,6 +181,12 @@ impl AlertStats {
 /// One alert state change — the contract written by `--alerts-out` and sent to every sink.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AlertRecord {
+    /// Position of this state change in the deployment's alert stream: 1, 2, 3… in event-time
+    /// order, carried across restarts by the snapshot. A record replayed after a crash has the
+    /// sequence it had the first time, which is how sinks (and consumers of the alerts topic)
+    /// recognise one they already have. 0 on records made outside the detectors.
+    #[serde(default)]
+    pub sequence: u64,
     pub alert_id: String,
     pub kind: AlertKind,
     pub status: AlertStatus,

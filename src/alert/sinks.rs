@@ -40,6 +40,7 @@ pub fn describe(r: &AlertRecord) -> String {
         AlertStats::Cluster(c) => format!(
             "{accounts} accounts / {convs} conversations, {wacc} accounts in window, \
              {apm:.1} accounts/min, tightness {tight:.3} (z={z:.1}), duplication {dup:.2}, \
+             template {template:.2}, \
              growth x{growth:.1}, top account share {top:.2}, fresh accounts {fresh:.2}, \
              concern {concern:.1}, \
              refusals {refusal:.2}, classifier flags {flags:.2}, surfaces {surfaces:?}, \
@@ -51,6 +52,7 @@ pub fn describe(r: &AlertRecord) -> String {
             tight = c.tightness,
             z = c.tightness_z,
             dup = c.duplication_rate,
+            template = c.template_share,
             growth = c.growth,
             top = c.top_account_share,
             fresh = c.fresh_account_share,

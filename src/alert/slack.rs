@@ -203,8 +203,8 @@ pub fn key_figures(record: &AlertRecord) -> Vec<String> {
                 c.window_conversations, c.conversations, c.orgs
             ),
             format!(
-                "tightness {:.3} (z={:.1}), duplication {:.2}, growth x{:.1}",
-                c.tightness, c.tightness_z, c.duplication_rate, c.growth
+                "tightness {:.3} (z={:.1}), duplication {:.2}, template {:.2}, growth x{:.1}",
+                c.tightness, c.tightness_z, c.duplication_rate, c.template_share, c.growth
             ),
             format!(
                 "top account share {:.2}, concern {:.1}, refusals {:.2}, classifier flags {:.2}",

@@ -21,12 +21,19 @@
 //! and the Kafka topic are read by people and consumers who must see each trigger, escalation
 //! and resolve, so their spools are [`Policy::KeepAll`]. Either way the spool holds at most
 //! `alerts.spool_max_records`; beyond that the oldest record is dropped, counted in
-//! `clusterwatch_alert_spool_dropped_total{sink}` and logged as an error — an outage long enough
+//! `clusterwatch_alert_spool_dropped_total{kind}` and logged as an error — an outage long enough
 //! to fill the spool should page through some other path, and the newest state is the one worth
 //! keeping.
 //!
 //! Without a directory the same queue lives in memory (same bound, same policy); the sink warns at
 //! startup that an outage spanning a restart then loses alerts.
+//!
+//! Replays after a crash: the detectors' memory is snapshotted with the cluster state, so events
+//! read again after a restart produce the same alert records with the same
+//! [`AlertRecord::sequence`]. The spool remembers the highest sequence it ever queued (in the
+//! push lines, and in a `mark` line that heads a compacted log) and skips a record at or below
+//! it, counting it in `clusterwatch_alert_records_replayed_total` — so a crash neither loses a
+//! state change nor sends it twice.
 //!
 //! One process per directory: two processes appending to one log would interleave sequence
 //! numbers.
@@ -72,7 +79,14 @@ pub struct Entry {
 #[serde(tag = "op", rename_all = "snake_case")]
 enum Line {
     Push(Box<Entry>),
-    Done { seq: u64 },
+    Done {
+        seq: u64,
+    },
+    /// The highest [`AlertRecord::sequence`] this sink ever queued; the first line of a
+    /// compacted log, so the mark survives the push lines it replaces.
+    Mark {
+        record_sequence: u64,
+    },
 }
 
 struct Log {
@@ -93,6 +107,9 @@ pub struct Spool {
     next_seq: u64,
     /// The first sequence number pushed by this process; lower ones were replayed from disk.
     first_seq_this_run: u64,
+    /// The highest record sequence ever queued here (across restarts, when on disk). A record
+    /// at or below it was made again by detectors re-reading events after a crash: skipped.
+    record_high_water: u64,
     log: Option<Log>,
     metrics: Metrics,
 }
@@ -114,6 +131,7 @@ impl Spool {
             entries: VecDeque::new(),
             next_seq: 1,
             first_seq_this_run: 1,
+            record_high_water: 0,
             log: None,
             metrics,
         };
@@ -133,12 +151,13 @@ impl Spool {
             }
             spool.next_seq = loaded.max_seq + 1;
             spool.first_seq_this_run = spool.next_seq;
+            spool.record_high_water = loaded.record_high_water;
             for entry in loaded.entries.into_values() {
                 spool.enqueue(entry);
             }
             spool.log = Some(Log {
                 dir: dir.to_path_buf(),
-                file: rewrite(dir, &spool.entries)?,
+                file: rewrite(dir, &spool.entries, spool.record_high_water)?,
                 lines: spool.entries.len(),
                 broken: false,
             });
@@ -157,6 +176,21 @@ impl Spool {
     /// Queues `record`; on disk, the record is fsynced before this returns. A write failure is
     /// logged and counted, and the record stays queued in memory.
     pub fn push(&mut self, record: AlertRecord, renotified: bool, queued_ms: i64) {
+        if record.sequence != 0 {
+            if record.sequence <= self.record_high_water {
+                self.metrics
+                    .alert_records_replayed
+                    .with_label_values(&[self.sink])
+                    .inc();
+                tracing::debug!(
+                    sink = self.sink,
+                    sequence = record.sequence,
+                    "alert record already queued before a restart; skipped"
+                );
+                return;
+            }
+            self.record_high_water = record.sequence;
+        }
         let entry = Entry {
             seq: self.next_seq,
             queued_ms,
@@ -253,7 +287,7 @@ impl Spool {
             return;
         };
         let result = if log.broken {
-            rewrite(&log.dir, &self.entries).map(|file| {
+            rewrite(&log.dir, &self.entries, self.record_high_water).map(|file| {
                 log.file = file;
                 log.lines = self.entries.len();
                 log.broken = false;
@@ -277,7 +311,7 @@ impl Spool {
         }
         // Compact when finished records dominate the log; keeps replay and disk use bounded.
         if log.lines > 2 * self.entries.len() + 64 {
-            match rewrite(&log.dir, &self.entries) {
+            match rewrite(&log.dir, &self.entries, self.record_high_water) {
                 Ok(file) => {
                     log.file = file;
                     log.lines = self.entries.len();
@@ -313,6 +347,7 @@ pub fn inspect(dir: &Path) -> anyhow::Result<Vec<Entry>> {
 struct Loaded {
     entries: BTreeMap<u64, Entry>,
     max_seq: u64,
+    record_high_water: u64,
     corrupt_lines: usize,
     /// The first few corrupt line numbers, for the log.
     corrupt_line_numbers: Vec<usize>,
@@ -322,6 +357,7 @@ fn read_log(path: &Path) -> anyhow::Result<Loaded> {
     let mut loaded = Loaded {
         entries: BTreeMap::new(),
         max_seq: 0,
+        record_high_water: 0,
         corrupt_lines: 0,
         corrupt_line_numbers: Vec::new(),
     };
@@ -349,11 +385,15 @@ fn read_log(path: &Path) -> anyhow::Result<Loaded> {
         match serde_json::from_slice::<Line>(text) {
             Ok(Line::Push(entry)) => {
                 loaded.max_seq = loaded.max_seq.max(entry.seq);
+                loaded.record_high_water = loaded.record_high_water.max(entry.record.sequence);
                 loaded.entries.insert(entry.seq, *entry);
             }
             Ok(Line::Done { seq }) => {
                 loaded.max_seq = loaded.max_seq.max(seq);
                 loaded.entries.remove(&seq);
+            }
+            Ok(Line::Mark { record_sequence }) => {
+                loaded.record_high_water = loaded.record_high_water.max(record_sequence);
             }
             Err(_) => {
                 loaded.corrupt_lines += 1;
@@ -382,14 +422,17 @@ fn append_lines(file: &mut File, lines: &[Line], sync: bool) -> std::io::Result<
 
 /// Writes the queued records to a fresh log, atomically replacing the old one; returns the new
 /// log opened for appending.
-fn rewrite(dir: &Path, entries: &VecDeque<Entry>) -> std::io::Result<File> {
+fn rewrite(dir: &Path, entries: &VecDeque<Entry>, record_high_water: u64) -> std::io::Result<File> {
     let path = dir.join(QUEUE_FILE);
     let tmp = dir.join(format!("{QUEUE_FILE}.tmp"));
     {
         let mut file = File::create(&tmp)?;
-        let lines: Vec<Line> = entries
-            .iter()
-            .map(|e| Line::Push(Box::new(e.clone())))
+        let lines: Vec<Line> = (record_high_water > 0)
+            .then_some(Line::Mark {
+                record_sequence: record_high_water,
+            })
+            .into_iter()
+            .chain(entries.iter().map(|e| Line::Push(Box::new(e.clone()))))
             .collect();
         append_lines(&mut file, &lines, false)?;
         file.sync_all()?;
@@ -407,6 +450,7 @@ mod tests {
 
     fn record(cluster: u64, status: AlertStatus) -> AlertRecord {
         AlertRecord {
+            sequence: 0,
             alert_id: format!("a-{cluster}"),
             kind: AlertKind::CoordinatedCluster,
             status,
@@ -525,6 +569,42 @@ mod tests {
         let last = spool.head(4).pop().unwrap();
         assert_eq!(last.seq, 5);
         assert!(!spool.from_earlier_run(&last));
+    }
+
+    #[test]
+    fn records_replayed_after_a_restart_are_skipped_by_sequence_even_after_compaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = Metrics::new();
+        let numbered = |c: u64, sequence: u64| AlertRecord {
+            sequence,
+            ..record(c, AlertStatus::Firing)
+        };
+        {
+            let mut spool =
+                Spool::open(Some(dir.path()), "kafka", Policy::KeepAll, 100, m.clone()).unwrap();
+            for s in 1..=3 {
+                spool.push(numbered(s, s), false, 0);
+            }
+            // All delivered, then compacted away: only the mark remembers sequence 3.
+            let seqs: Vec<u64> = spool.head(10).iter().map(|e| e.seq).collect();
+            spool.done(&seqs);
+            drop(spool);
+            let mut reopened =
+                Spool::open(Some(dir.path()), "kafka", Policy::KeepAll, 100, m.clone()).unwrap();
+            assert!(reopened.is_empty());
+            // The detectors, restored from an older snapshot, make records 2 and 3 again.
+            reopened.push(numbered(2, 2), false, 0);
+            reopened.push(numbered(3, 3), false, 0);
+            assert!(reopened.is_empty(), "replayed records are not queued twice");
+            reopened.push(numbered(4, 4), false, 0);
+            // Records made outside the detectors carry no sequence and are always queued.
+            reopened.push(numbered(5, 0), false, 0);
+            assert_eq!(reopened.len(), 2);
+        }
+        assert_eq!(
+            m.alert_records_replayed.with_label_values(&["kafka"]).get(),
+            2
+        );
     }
 
     #[test]

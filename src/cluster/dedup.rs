@@ -56,6 +56,13 @@ impl SeenConversations {
         }
     }
 
+    /// Every key remembered (hashed conversation ids, never the ids themselves).
+    pub fn keys(&self) -> impl Iterator<Item = u64> + '_ {
+        self.buckets
+            .iter()
+            .flat_map(|(_, keys)| keys.iter().copied())
+    }
+
     pub fn len(&self) -> usize {
         self.buckets.iter().map(|(_, k)| k.len()).sum()
     }

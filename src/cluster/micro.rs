@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::distinct::DistinctCounter;
 use super::index::normalised;
-use super::template::TemplateTally;
+use super::template::{band_keys, TemplateTally};
 use super::ClusterId;
 use crate::event::EventMeta;
 use crate::summarize::Summary;
@@ -34,10 +34,17 @@ pub fn decay_factor(elapsed_ms: i64, half_life_ms: i64) -> f64 {
 /// as a full window; the oldest entries go first).
 const MAX_RECENT_JOINS: usize = 20_000;
 
+/// Members a cluster needs to count as established (see [`MicroCluster::established_ms`]).
+pub const ESTABLISHED_MEMBERS: u64 = 5;
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MicroCluster {
     pub id: ClusterId,
     pub born_ms: i64,
+    /// When the cluster reached [`ESTABLISHED_MEMBERS`] members. A cluster that held a stray
+    /// request or two for hours and then fills up is new where it matters (the coordinated
+    /// detector's slow scale counts its age from here); `None` while it is smaller.
+    pub established_ms: Option<i64>,
     pub last_seen_ms: i64,
     /// Conversations clustered here (merges add up; never decays).
     pub count: u64,
@@ -63,6 +70,8 @@ pub struct MicroCluster {
     pub concern_histogram: [u64; 5],
     pub recent: RecentJoins,
     pub reservoir: Reservoir,
+    /// Lifetime tallies of whole fingerprints (scripts) and of band keys (templates).
+    pub scripts: TemplateTally,
     pub templates: TemplateTally,
     /// Two running sub-centroids (online 2-means over recent members), allocated only once the
     /// cluster is big enough to be worth splitting; see [`SplitProbe`].
@@ -149,6 +158,7 @@ impl MicroCluster {
         MicroCluster {
             id,
             born_ms: at_ms,
+            established_ms: None,
             last_seen_ms: at_ms,
             count: 0,
             weight: 0.0,
@@ -167,6 +177,7 @@ impl MicroCluster {
             concern_histogram: [0; 5],
             recent: RecentJoins::default(),
             reservoir: Reservoir::new(reservoir_size),
+            scripts: TemplateTally::default(),
             templates: TemplateTally::default(),
             probe: None,
         }
@@ -268,6 +279,9 @@ impl MicroCluster {
         fresh_account: bool,
     ) {
         self.count += 1;
+        if self.established_ms.is_none() && self.count >= ESTABLISHED_MEMBERS {
+            self.established_ms = Some(meta.event_time_ms);
+        }
         self.last_seen_ms = self.last_seen_ms.max(meta.event_time_ms);
         self.decay_to(meta.event_time_ms, half_life_ms);
         let own = decay_factor(self.decayed_at_ms - meta.event_time_ms, half_life_ms);
@@ -305,7 +319,12 @@ impl MicroCluster {
             meta.template,
             fresh_account,
         );
-        self.templates.record(meta.template, meta.account_key);
+        self.scripts.record(
+            (meta.template != 0).then_some(meta.template),
+            meta.account_key,
+        );
+        self.templates
+            .record(band_keys(meta.template), meta.account_key);
         self.reservoir.offer(
             meta.conversation_key,
             meta.account_key,
@@ -333,6 +352,10 @@ impl MicroCluster {
             .merge(&other.reservoir, self.count, other.count);
         self.count += other.count;
         self.born_ms = self.born_ms.min(other.born_ms);
+        self.established_ms = match (self.established_ms, other.established_ms) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         self.last_seen_ms = self.last_seen_ms.max(other.last_seen_ms);
         self.accounts.merge(&other.accounts);
         self.orgs.merge(&other.orgs);
@@ -356,6 +379,7 @@ impl MicroCluster {
             *mine += theirs;
         }
         self.recent.merge(&other.recent);
+        self.scripts.merge(&other.scripts);
         self.templates.merge(&other.templates);
         // The halves watched so far describe only one side of the merged cluster: start over.
         if self.probe.is_some() || other.probe.is_some() {
@@ -421,6 +445,33 @@ struct TemplateUse {
     per_account: HashMap<u64, u32>,
 }
 
+impl TemplateUse {
+    fn count_up(uses: &mut HashMap<u64, TemplateUse>, key: u64, account: u64) {
+        let used = uses.entry(key).or_default();
+        used.joins += 1;
+        *used.per_account.entry(account).or_default() += 1;
+    }
+
+    fn count_down(uses: &mut HashMap<u64, TemplateUse>, key: u64, account: u64) {
+        if let Some(used) = uses.get_mut(&key) {
+            used.joins -= 1;
+            count_down(&mut used.per_account, account);
+            if used.joins == 0 {
+                uses.remove(&key);
+            }
+        }
+    }
+
+    /// Share of `joins` on the commonest key that at least `min_accounts` accounts used.
+    fn top_share(uses: &HashMap<u64, TemplateUse>, joins: usize, min_accounts: usize) -> f64 {
+        uses.values()
+            .filter(|t| t.per_account.len() >= min_accounts)
+            .map(|t| t.joins)
+            .max()
+            .map_or(0.0, |n| f64::from(n) / joins.max(1) as f64)
+    }
+}
+
 /// Joins within the detection window, oldest first, with exact distinct accounts and orgs, the
 /// members' similarity to the centroid and which accounts used which request template — what the
 /// coordinated detector reads. Bounded by the window (and `MAX_RECENT_JOINS`).
@@ -429,7 +480,9 @@ pub struct RecentJoins {
     joins: VecDeque<Join>,
     per_account: HashMap<u64, u32>,
     per_org: HashMap<u64, u32>,
-    per_template: HashMap<u64, TemplateUse>,
+    /// By whole fingerprint (scripts) and by band key (templates).
+    per_script: HashMap<u64, TemplateUse>,
+    per_band: HashMap<u64, TemplateUse>,
     /// Fresh joins per account.
     fresh_accounts: HashMap<u64, u32>,
     similarity_sum: f64,
@@ -477,9 +530,10 @@ impl RecentJoins {
             *self.per_org.entry(org).or_default() += 1;
         }
         if template != 0 {
-            let used = self.per_template.entry(template).or_default();
-            used.joins += 1;
-            *used.per_account.entry(account).or_default() += 1;
+            TemplateUse::count_up(&mut self.per_script, template, account);
+        }
+        for key in band_keys(template) {
+            TemplateUse::count_up(&mut self.per_band, key, account);
         }
         self.similarity_sum += f64::from(similarity);
         while self.joins.len() > MAX_RECENT_JOINS {
@@ -493,12 +547,9 @@ impl RecentJoins {
             if let Some(org) = join.org {
                 count_down(&mut self.per_org, org);
             }
-            if let Some(used) = self.per_template.get_mut(&join.template) {
-                used.joins -= 1;
-                count_down(&mut used.per_account, join.account);
-                if used.joins == 0 {
-                    self.per_template.remove(&join.template);
-                }
+            TemplateUse::count_down(&mut self.per_script, join.template, join.account);
+            for key in band_keys(join.template) {
+                TemplateUse::count_down(&mut self.per_band, key, join.account);
             }
             if join.fresh {
                 count_down(&mut self.fresh_accounts, join.account);
@@ -574,17 +625,31 @@ impl RecentJoins {
         }
     }
 
-    /// Share of the window's joins that used its commonest template, counting a template only
-    /// when at least `min_accounts` distinct accounts used it in the window: one script shared
-    /// across accounts, not one account repeating itself, and not a handful of people who happen
-    /// to type the same short request.
+    /// Share of the window's joins that pasted its commonest script (the whole fingerprint),
+    /// counting a script only when at least `min_accounts` distinct accounts used it in the
+    /// window: one script shared across accounts, not one account repeating itself, and not a
+    /// handful of people who happen to type the same short request.
     pub fn duplication_rate(&self, min_accounts: usize) -> f64 {
-        self.per_template
-            .values()
-            .filter(|t| t.per_account.len() >= min_accounts)
-            .map(|t| t.joins)
-            .max()
-            .map_or(0.0, |n| f64::from(n) / self.joins.len().max(1) as f64)
+        if self.per_account.len() < min_accounts {
+            return 0.0;
+        }
+        TemplateUse::top_share(&self.per_script, self.joins.len(), min_accounts)
+    }
+
+    /// Band keys used in the window: (key, joins, accounts that used it).
+    pub fn band_uses(&self) -> impl Iterator<Item = (u64, u32, impl Iterator<Item = u64> + '_)> {
+        self.per_band
+            .iter()
+            .map(|(key, used)| (*key, used.joins, used.per_account.keys().copied()))
+    }
+
+    /// The same for templates: the share of joins on the commonest band key, so fills of one
+    /// template with different slot values count together.
+    pub fn template_share(&self, min_accounts: usize) -> f64 {
+        if self.per_account.len() < min_accounts {
+            return 0.0;
+        }
+        TemplateUse::top_share(&self.per_band, self.joins.len(), min_accounts)
     }
 
     pub fn first_time_ms(&self) -> Option<i64> {

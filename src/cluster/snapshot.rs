@@ -27,7 +27,7 @@ use super::ClusterId;
 
 const MAGIC: &[u8; 8] = b"CWSNAP\0\0";
 /// Bumped whenever [`SnapshotBody`] changes shape; older files are refused with a clear error.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 4;
 
 /// Everything cluster state needs to continue where it stopped.
 #[derive(Debug, Serialize, Deserialize)]
@@ -47,9 +47,36 @@ pub struct SnapshotBody {
     pub lifecycle_totals: [u64; 4],
     pub moved: Vec<ClusterId>,
     pub account_history: super::accounts::AccountHistory,
+    /// Lifecycle events (births, merges, deaths) not yet handed to the detectors and outputs:
+    /// they are handed on at the next maintenance pass, which after a restart is this one's.
+    #[serde(with = "as_json")]
+    pub pending_lifecycle: Vec<super::lifecycle::LifecycleEvent>,
+    /// The detectors' memory at the same cut (`None` in snapshots taken without detectors).
+    #[serde(with = "as_json")]
+    pub detector: Option<crate::detect::DetectorSnapshot>,
     /// Source topic and, per partition, the next offset to read.
     pub source_topic: String,
     pub offsets: BTreeMap<i32, i64>,
+}
+
+/// A field stored as one JSON document inside the postcard body: for types whose serde shape
+/// postcard cannot read back (fields skipped when empty, internally tagged enums). JSON writes
+/// floats in their shortest round-tripping form, so nothing changes on the way.
+mod as_json {
+    use serde::de::DeserializeOwned;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<T: Serialize, S: Serializer>(value: &T, s: S) -> Result<S::Ok, S::Error> {
+        let text = serde_json::to_string(value).map_err(serde::ser::Error::custom)?;
+        s.serialize_str(&text)
+    }
+
+    pub fn deserialize<'de, T: DeserializeOwned, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<T, D::Error> {
+        let text = String::deserialize(d)?;
+        serde_json::from_str(&text).map_err(serde::de::Error::custom)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -178,6 +205,8 @@ mod tests {
             lifecycle_totals: [1, 2, 3, 4],
             moved: vec![4],
             account_history: crate::cluster::accounts::AccountHistory::new(3600),
+            pending_lifecycle: Vec::new(),
+            detector: None,
             source_topic: "t".into(),
             offsets: BTreeMap::from([(0, 10), (3, 99)]),
         }

@@ -6,17 +6,27 @@
 //! busy with the previous snapshot, the stage simply tries again later, so a slow disk delays
 //! snapshots, never events. A failed write is logged and counted and its offsets stay
 //! unacknowledged: after a crash those events are read again, never lost.
+//!
+//! A snapshot also waits until every alert record the detectors emitted has been handed to the
+//! sinks (network sinks fsync it in their spool first). Otherwise a crash right after the
+//! snapshot would lose the records still in the channel: the restored detectors remember making
+//! them and would not make them again.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::snapshot::{encode, write_atomically};
 use super::ClusterState;
+use crate::detect::Detectors;
 use crate::export::Metrics;
 use crate::source::{OffsetAcker, SourcePosition};
+
+/// How long the final snapshot waits for the alert stage to hand its last records to the sinks.
+const FINAL_ALERTS_WAIT: Duration = Duration::from_secs(30);
 
 struct Job {
     bytes: Vec<u8>,
@@ -34,6 +44,8 @@ pub struct Snapshotter {
     since_last: u64,
     last_taken: Instant,
     writer: Option<(SyncSender<Job>, std::thread::JoinHandle<()>)>,
+    /// The highest alert sequence the alert stage has handed to every sink.
+    alerts_handed_over: Arc<AtomicU64>,
     metrics: Metrics,
 }
 
@@ -46,6 +58,7 @@ impl Snapshotter {
         settings: &crate::config::SnapshotSettings,
         resumed: &BTreeMap<i32, i64>,
         acker: Arc<dyn OffsetAcker>,
+        alerts_handed_over: Arc<AtomicU64>,
         metrics: Metrics,
     ) -> Self {
         let (tx, rx) = sync_channel::<Job>(1);
@@ -90,6 +103,7 @@ impl Snapshotter {
             since_last: 0,
             last_taken: Instant::now(),
             writer: Some((tx, handle)),
+            alerts_handed_over,
             metrics,
         }
     }
@@ -102,13 +116,20 @@ impl Snapshotter {
     }
 
     /// Takes a snapshot if one is due and the writer is free.
-    pub fn maybe_snapshot(&mut self, state: &ClusterState) {
-        if self.since_last == 0
-            || (self.since_last < self.every_events && self.last_taken.elapsed() < self.interval)
-        {
+    pub fn maybe_snapshot(&mut self, state: &ClusterState, detector: &Detectors) {
+        if self.since_last < self.every_events && self.last_taken.elapsed() < self.interval {
             return;
         }
-        let job = self.job(state);
+        self.snapshot_now(state, detector);
+    }
+
+    /// Takes a snapshot of anything processed since the last one, without waiting for the
+    /// interval, if the writer is free (a rebalance hands partitions over this way).
+    pub fn snapshot_now(&mut self, state: &ClusterState, detector: &Detectors) {
+        if self.since_last == 0 || !self.alerts_delivered(detector) {
+            return;
+        }
+        let job = self.job(state, detector);
         let Some((tx, _)) = &self.writer else { return };
         match tx.try_send(job) {
             Ok(()) => {
@@ -124,10 +145,18 @@ impl Snapshotter {
         }
     }
 
-    fn job(&self, state: &ClusterState) -> Job {
+    /// Whether every alert record the detectors emitted is in the sinks. A snapshot counting a
+    /// record still in the channel would, after a crash, neither hold it nor make it again.
+    fn alerts_delivered(&self, detector: &Detectors) -> bool {
+        self.alerts_handed_over.load(Ordering::Acquire) >= detector.emitted()
+    }
+
+    fn job(&self, state: &ClusterState, detector: &Detectors) -> Job {
         let started = Instant::now();
         let offsets = self.processed.iter().map(|(p, o)| (*p, o + 1)).collect();
-        let bytes = encode(&state.to_snapshot(&self.source_topic, offsets));
+        let mut body = state.to_snapshot(&self.source_topic, offsets);
+        body.detector = Some(detector.snapshot());
+        let bytes = encode(&body);
         self.metrics
             .observe_stage("snapshot_encode", started.elapsed().as_secs_f64());
         Job {
@@ -146,8 +175,20 @@ impl Snapshotter {
 
     /// Writes a final snapshot (if anything changed) and waits for the writer to finish, so
     /// every acknowledgement is made before the source commits.
-    pub fn finish(mut self, state: &ClusterState) {
-        let job = (self.since_last > 0).then(|| self.job(state));
+    pub fn finish(mut self, state: &ClusterState, detector: &Detectors) {
+        // The alert stage is still draining its channel; give it the time sinks get to close.
+        let deadline = Instant::now() + FINAL_ALERTS_WAIT;
+        while !self.alerts_delivered(detector) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if !self.alerts_delivered(detector) {
+            tracing::error!(
+                "alert records still undelivered at shutdown; no final snapshot, so their events \
+                 are read again at the next start"
+            );
+            self.since_last = 0;
+        }
+        let job = (self.since_last > 0).then(|| self.job(state, detector));
         if let Some((tx, handle)) = self.writer.take() {
             if let Some(job) = job {
                 if tx.send(job).is_err() {

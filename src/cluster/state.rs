@@ -244,6 +244,14 @@ impl ClusterState {
         self
     }
 
+    /// New clusters get ids from `base` on (if the state has not passed it already): each shard
+    /// of `run --role cluster` has its own id range, so ids stay unique across shards and alert
+    /// dedup keys never collide.
+    pub fn with_id_base(mut self, base: ClusterId) -> Self {
+        self.next_id = self.next_id.max(base);
+        self
+    }
+
     /// Keep joins for detection windows of `secs` (the pipeline passes the detector's window).
     pub fn with_join_window(mut self, secs: i64) -> Self {
         self.join_window_ms = secs.max(1).saturating_mul(1000);
@@ -292,6 +300,8 @@ impl ClusterState {
             lifecycle_totals: self.lifecycle_totals,
             moved: self.moved.iter().copied().collect(),
             account_history: self.account_history.clone(),
+            pending_lifecycle: self.lifecycle.clone(),
+            detector: None,
             source_topic: source_topic.to_string(),
             offsets,
         }
@@ -332,6 +342,7 @@ impl ClusterState {
         state.lifecycle_totals = body.lifecycle_totals;
         state.moved = body.moved.into_iter().collect();
         state.account_history = body.account_history;
+        state.lifecycle = body.pending_lifecycle;
         Ok(state)
     }
 

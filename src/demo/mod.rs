@@ -116,6 +116,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         on_listen: Some(Box::new(move |addr| {
             println!("  metrics: http://{addr}/metrics   health: http://{addr}/healthz   clusters: http://{addr}/api/clusters");
+            println!("  explorer: http://{addr}/explorer");
         })),
         ..Default::default()
     };

@@ -15,12 +15,14 @@
 
 use std::collections::BTreeMap;
 
+use serde::{Deserialize, Serialize};
+
 use super::lifecycle::{Lifecycle, Transition};
 use crate::alert::{format_event_time, AlertKind, AlertRecord, AlertStats, AlertStatus, Severity};
 use crate::cluster::ClusterId;
 
 /// What an alert is about.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Subject {
     Cluster(ClusterId),
     Surface(String),
@@ -58,6 +60,7 @@ pub struct Timing {
     pub quiet_secs: i64,
 }
 
+#[derive(Clone, Serialize, Deserialize)]
 struct Track {
     lifecycle: Lifecycle,
     alert_id: String,
@@ -70,12 +73,38 @@ struct Track {
 
 type Key = (AlertKind, Subject);
 
-#[derive(Default)]
+/// Open alerts by dedup key. A snapshot keeps the book as a list: postcard maps need keys it can
+/// encode, and a list of pairs is the plainest form.
+#[derive(Default, Clone, Serialize, Deserialize)]
+#[serde(from = "Vec<(Key, Track)>", into = "Vec<(Key, Track)>")]
 pub struct AlertBook {
     tracks: BTreeMap<Key, Track>,
 }
 
+impl From<Vec<(Key, Track)>> for AlertBook {
+    fn from(tracks: Vec<(Key, Track)>) -> Self {
+        AlertBook {
+            tracks: tracks.into_iter().collect(),
+        }
+    }
+}
+
+impl From<AlertBook> for Vec<(Key, Track)> {
+    fn from(book: AlertBook) -> Self {
+        book.tracks.into_iter().collect()
+    }
+}
+
 impl AlertBook {
+    /// Open alerts, all kinds.
+    pub fn len(&self) -> usize {
+        self.tracks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tracks.is_empty()
+    }
+
     /// Subjects with an open alert of `kind`, in key order.
     pub fn open_subjects(&self, kind: AlertKind) -> Vec<Subject> {
         self.tracks
@@ -153,6 +182,7 @@ impl AlertBook {
         };
         let track = self.tracks.get(&key)?;
         let record = AlertRecord {
+            sequence: 0,
             alert_id: track.alert_id.clone(),
             kind,
             status,
@@ -191,6 +221,14 @@ impl AlertBook {
     }
 
     /// Open alerts of `kind`: (pending, firing).
+    /// Firing alerts' kind, severity and latest evidence, in key order.
+    pub fn firing(&self) -> impl Iterator<Item = (AlertKind, Severity, &AlertStats)> + '_ {
+        self.tracks
+            .iter()
+            .filter(|(_, t)| t.lifecycle.is_firing())
+            .map(|((kind, _), t)| (*kind, t.severity, &t.stats))
+    }
+
     pub fn counts(&self, kind: AlertKind) -> (usize, usize) {
         let mut pending = 0;
         let mut firing = 0;

@@ -6,10 +6,13 @@
 //! - **the sliding window** (`window_secs`, 10 minutes): distinct accounts in the window,
 //!   accounts per minute, the busiest account's share, window growth against the cluster's own
 //!   history, and how much of the window used one request template shared across accounts;
-//! - **the slow scale**: a cluster younger than `slow_window_secs` is also judged over its whole
-//!   life, which is how a campaign too slow to fill one window (a few accounts an hour) is seen.
-//!   Only clusters born `warmup_secs` after the detector started qualify: at start-up every
-//!   cluster is young because the process is, not because its topic is new.
+//! - **the slow scale**: a cluster established (five members) less than `slow_window_secs` ago
+//!   is also judged over its whole life, which is how a campaign too slow to fill one window (a
+//!   few accounts an hour) is seen. Age counts from establishment, not birth: a campaign that
+//!   fills a cluster which held two stray requests for hours is still a new cluster. Only
+//!   clusters established `warmup_secs` after the detector started qualify: at start-up every
+//!   cluster is young because the process is, not because its topic is new. The slow scale
+//!   takes throwaway (fresh) accounts on every route.
 //!
 //! On either scale a cluster is a candidate when
 //! - volume: at least `min_window_accounts` distinct accounts, none holding more than
@@ -60,7 +63,7 @@ const NEIGHBOURHOOD_MIN_ACCOUNTS: usize = 3;
 const SLOW_ACTIVE_WINDOWS: i64 = 2;
 
 /// Tightness of the live clusters, by size class (`floor(log2(count))`), refreshed each minute.
-#[derive(Default)]
+#[derive(Default, Clone, serde::Serialize, serde::Deserialize)]
 struct Population {
     classes: BTreeMap<u32, Vec<f64>>,
     refreshed_ms: Option<i64>,
@@ -120,7 +123,10 @@ struct Scale {
     conversations: usize,
     accounts_per_minute: f64,
     top_account_share: f64,
+    /// Share of joins on one script (whole fingerprint) / one template (band key), each shared
+    /// by at least `duplication_min_accounts` accounts.
     duplication: f64,
+    template_share: f64,
     growth: f64,
     /// Share of the accounts that were fresh when they joined.
     fresh_share: f64,
@@ -137,7 +143,26 @@ pub struct CoordinatedDetector {
     started_ms: Option<i64>,
 }
 
+/// What the coordinated detector remembers between events, for snapshots.
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
+pub struct CoordinatedMemory {
+    population: Population,
+    started_ms: Option<i64>,
+}
+
 impl CoordinatedDetector {
+    pub fn memory(&self) -> CoordinatedMemory {
+        CoordinatedMemory {
+            population: self.population.clone(),
+            started_ms: self.started_ms,
+        }
+    }
+
+    pub fn restore(&mut self, memory: CoordinatedMemory) {
+        self.population = memory.population;
+        self.started_ms = memory.started_ms;
+    }
+
     pub fn new(settings: CoordinatedSettings, gate: PrivacyGate) -> Self {
         CoordinatedDetector {
             settings,
@@ -185,14 +210,17 @@ impl CoordinatedDetector {
         let cluster: &MicroCluster = state.cluster(id)?;
         let warmed_up = self
             .started_ms
-            .is_some_and(|t| cluster.born_ms >= t + s.warmup_secs * 1000);
+            .zip(cluster.established_ms)
+            .is_some_and(|(t, established)| established >= t + s.warmup_secs * 1000);
         // ... and only while it is still being joined: a burst that ended must not stay "slow".
         let active = now_ms - cluster.last_seen_ms <= SLOW_ACTIVE_WINDOWS * window_ms;
         let slow = (s.slow_window_secs > 0
             && warmed_up
             && active
-            && now_ms - cluster.born_ms <= s.slow_window_secs * 1000)
-            .then(|| lifetime_scale(cluster, &window, now_ms, s.duplication_min_accounts));
+            && cluster
+                .established_ms
+                .is_some_and(|t| now_ms - t <= s.slow_window_secs * 1000))
+        .then(|| lifetime_scale(cluster, &window, now_ms, s.duplication_min_accounts));
 
         let tightness = cluster.tightness();
         let tightness_z = self
@@ -207,14 +235,26 @@ impl CoordinatedDetector {
                     None => tightness >= s.fallback_min_tightness - margin * MIN_TIGHTNESS_SCALE,
                 }
         };
+        // A burst of throwaway accounts filling in one template, however loose the slot values
+        // make the cluster. Established accounts need the stricter script route: organic
+        // phrasings of one intent ("add milk to my shopping list") share template keys too.
+        let templated = |scale: &Scale, share: f64, margin: f64| {
+            scale.fresh_share >= s.min_fresh_share - margin * STAY_FRESH_MARGIN
+                && scale.template_share >= s.min_duplication * share
+        };
         let shown = self.gate.admits(cluster);
-        let holds = |scale: &Scale, share: f64, z_margin: f64| {
+        // Over hours, established users asking one common question add up to a script-like
+        // cluster by popularity alone (measured: 20 accounts from 19 orgs, one request, over
+        // five hours). So the slow scale takes throwaway accounts on every route.
+        let holds = |scale: &Scale, share: f64, z_margin: f64, slow: bool| {
+            let fresh = scale.fresh_share >= s.min_fresh_share - z_margin * STAY_FRESH_MARGIN;
             shown
                 && scale.accounts as f64 >= s.min_window_accounts as f64 * share
                 && scale.top_account_share <= s.max_top_account_share
                 && scale.growth >= s.min_growth * share
                 && (throwaway(z_margin, scale.fresh_share)
-                    || scale.duplication >= s.min_duplication * share)
+                    || templated(scale, share, z_margin)
+                    || (scale.duplication >= s.min_duplication * share && (fresh || !slow)))
         };
         if window.accounts >= s.min_window_accounts / 2 {
             // Operators tuning thresholds read these at trace level; figures only, no members.
@@ -228,18 +268,19 @@ impl CoordinatedDetector {
                 top_share = window.top_account_share,
                 fresh_share = window.fresh_share,
                 duplication = window.duplication,
+                template_share = window.template_share,
                 tightness,
                 z = tightness_z.unwrap_or(f64::NAN),
                 shown,
                 "window figures"
             );
         }
-        let window_enter = holds(&window, 1.0, 0.0);
-        let slow_enter = slow.as_ref().is_some_and(|l| holds(l, 1.0, 0.0));
-        let window_stay = holds(&window, STAY_SHARE, STAY_Z_MARGIN);
+        let window_enter = holds(&window, 1.0, 0.0, false);
+        let slow_enter = slow.as_ref().is_some_and(|l| holds(l, 1.0, 0.0, true));
+        let window_stay = holds(&window, STAY_SHARE, STAY_Z_MARGIN, false);
         let slow_stay = slow
             .as_ref()
-            .is_some_and(|l| holds(l, STAY_SHARE, STAY_Z_MARGIN));
+            .is_some_and(|l| holds(l, STAY_SHARE, STAY_Z_MARGIN, true));
 
         // The evidence describes the scale that holds, the window when both do.
         let shown_scale = if window_enter || window_stay || slow.is_none() {
@@ -304,18 +345,34 @@ impl CoordinatedDetector {
             })
             .map(|c| c.id)
             .collect();
+        // Neighbours with two or more accounts join the group outright. Single-account ones (a
+        // template's rarer fills) join only if the group then shares one template across
+        // `duplication_min_accounts` accounts: that evidence cannot come from stray neighbours.
         let mut members = vec![id];
+        let mut singles = Vec::new();
         for other in candidates {
             let Some(c) = state.cluster_mut(other) else {
                 continue;
             };
             c.recent.expire_before(now_ms - window_ms);
-            if c.recent.distinct_accounts() >= 2
-                && c.recent.fresh_account_share() >= s.min_fresh_share
-            {
-                members.push(other);
+            if c.recent.fresh_account_share() >= s.min_fresh_share {
+                match c.recent.distinct_accounts() {
+                    0 => {}
+                    1 => singles.push(other),
+                    _ => members.push(other),
+                }
             }
         }
+        let mut with_singles = members.clone();
+        with_singles.extend(&singles);
+        let (share, joins_with_singles) = joint_template_share(state, &with_singles, s);
+        let template_share = if share > 0.0 {
+            members = with_singles;
+            share
+        } else {
+            0.0
+        };
+        debug_assert!(share == 0.0 || joins_with_singles > 0);
         if members.len() < 2 {
             return None;
         }
@@ -345,6 +402,7 @@ impl CoordinatedDetector {
                 accounts_per_minute: accounts.len() as f64 / span_minutes(first, last),
                 top_account_share: f64::from(top) / joins.max(1) as f64,
                 duplication: 0.0,
+                template_share,
                 growth: joins as f64 / expected.max(1.0),
                 fresh_share: fresh.len() as f64 / accounts.len().max(1) as f64,
                 start_ms: first,
@@ -352,6 +410,34 @@ impl CoordinatedDetector {
             },
         ))
     }
+}
+
+/// The share of the group's window joins on its commonest template (band key), counting a key
+/// only when `duplication_min_accounts` distinct accounts across the group used it; with the
+/// group's window joins.
+fn joint_template_share(
+    state: &ClusterState,
+    group: &[ClusterId],
+    s: &CoordinatedSettings,
+) -> (f64, usize) {
+    let mut keys: std::collections::HashMap<u64, (u32, std::collections::HashSet<u64>)> =
+        Default::default();
+    let mut joins = 0usize;
+    for c in group.iter().filter_map(|id| state.cluster(*id)) {
+        joins += c.recent.joins();
+        for (key, n, accounts) in c.recent.band_uses() {
+            let entry = keys.entry(key).or_default();
+            entry.0 += n;
+            entry.1.extend(accounts);
+        }
+    }
+    let top = keys
+        .values()
+        .filter(|(_, accounts)| accounts.len() >= s.duplication_min_accounts)
+        .map(|(n, _)| *n)
+        .max()
+        .unwrap_or(0);
+    (f64::from(top) / joins.max(1) as f64, joins)
 }
 
 fn window_scale(cluster: &MicroCluster, now_ms: i64, window_ms: i64, dup_accounts: usize) -> Scale {
@@ -369,6 +455,7 @@ fn window_scale(cluster: &MicroCluster, now_ms: i64, window_ms: i64, dup_account
         accounts_per_minute: recent.distinct_accounts() as f64 / span_minutes(first, last),
         top_account_share: recent.top_account_share(),
         duplication: recent.duplication_rate(dup_accounts),
+        template_share: recent.template_share(dup_accounts),
         growth: joins as f64 / expected,
         fresh_share: recent.fresh_account_share(),
         clusters: 1,
@@ -376,7 +463,8 @@ fn window_scale(cluster: &MicroCluster, now_ms: i64, window_ms: i64, dup_account
     }
 }
 
-/// The whole life of a young cluster as one window. Its growth is its size: it had no history.
+/// The whole life of a young cluster as one window, from when it was established (the few
+/// members before that are counted too). Its growth is its size: it had no history.
 fn lifetime_scale(
     cluster: &MicroCluster,
     window: &Scale,
@@ -384,20 +472,22 @@ fn lifetime_scale(
     dup_accounts: usize,
 ) -> Scale {
     let accounts = cluster.accounts.count();
+    let start_ms = cluster.established_ms.unwrap_or(cluster.born_ms);
     Scale {
         accounts,
         conversations: cluster.count as usize,
         accounts_per_minute: accounts as f64
-            / span_minutes(cluster.born_ms, cluster.last_seen_ms.max(now_ms)),
+            / span_minutes(start_ms, cluster.last_seen_ms.max(now_ms)),
         // Per-account counts are kept for the window only: its busiest account stands in (one
         // heavy user dominates every window it is active in).
         top_account_share: window.top_account_share,
-        duplication: cluster.templates.duplication_rate(dup_accounts),
+        duplication: cluster.scripts.duplication_rate(dup_accounts),
+        template_share: cluster.templates.duplication_rate(dup_accounts),
         growth: cluster.count as f64,
         // By joins, not accounts: a fresh account's later joins count as fresh too.
         fresh_share: cluster.fresh_joins as f64 / cluster.count.max(1) as f64,
         clusters: 1,
-        start_ms: cluster.born_ms,
+        start_ms,
     }
 }
 
@@ -417,6 +507,7 @@ fn evidence(cluster: &MicroCluster, scale: &Scale, tightness: f64, z: f64) -> Cl
         tightness: round4(tightness),
         tightness_z: round4(z),
         duplication_rate: round4(scale.duplication),
+        template_share: round4(scale.template_share.max(scale.duplication)),
         growth: round4(scale.growth),
         top_account_share: round4(scale.top_account_share),
         fresh_account_share: round4(scale.fresh_share),

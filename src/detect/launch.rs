@@ -24,6 +24,8 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
+use serde::{Deserialize, Serialize};
+
 use super::book::{Finding, Subject, Timing};
 use super::coordinated::cluster_evidence;
 use crate::alert::{format_event_time, round4, AlertKind, AlertStats, Severity, SurfaceEvidence};
@@ -32,22 +34,23 @@ use crate::config::LaunchSettings;
 use crate::privacy::PrivacyGate;
 
 /// Concern scores from here up count as "high concern" in the rates.
-const HIGH_CONCERN: u8 = 3;
+pub const HIGH_CONCERN: u8 = 3;
 /// Hysteresis: an open alert stays while its figures are at least this share of the entry ones.
 const STAY_SHARE: f64 = 0.5;
 /// A new cluster's alert stays while its surface share is within this of the entry share.
 const STAY_SURFACE_MARGIN: f64 = 0.1;
 
 /// A topic-mix category.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 enum Category {
     Topic(u64),
     Cluster(ClusterId),
 }
 
 /// Counts of one stretch of traffic.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Mix {
+    #[serde(with = "category_pairs")]
     categories: HashMap<Category, u64>,
     conversations: u64,
     high_concern: u64,
@@ -92,8 +95,30 @@ impl Mix {
     }
 }
 
+/// Category counts as a sorted list of pairs: JSON map keys must be strings, and a sorted list
+/// makes the snapshot's bytes independent of hash order.
+mod category_pairs {
+    use super::Category;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use std::collections::HashMap;
+
+    pub fn serialize<S: Serializer>(map: &HashMap<Category, u64>, s: S) -> Result<S::Ok, S::Error> {
+        let mut pairs: Vec<(&Category, &u64)> = map.iter().collect();
+        pairs.sort_unstable();
+        pairs.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<HashMap<Category, u64>, D::Error> {
+        Ok(Vec::<(Category, u64)>::deserialize(d)?
+            .into_iter()
+            .collect())
+    }
+}
+
 /// A sliding window of mixes in fixed buckets.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Window {
     buckets: VecDeque<(i64, Mix)>,
 }
@@ -123,7 +148,9 @@ impl Window {
     }
 }
 
-struct Watch {
+/// One watched surface; also what a snapshot keeps of it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Watch {
     name: String,
     launch_ms: i64,
     launch_time: String,
@@ -131,6 +158,8 @@ struct Watch {
     own: Window,
     rest: Window,
     next_evaluation_ms: i64,
+    /// The figures of the latest drift evaluation, for the gauges.
+    latest: Option<SurfaceEvidence>,
 }
 
 /// Jensen–Shannon divergence in bits between two count vectors over the union of categories.
@@ -219,6 +248,7 @@ impl LaunchMonitor {
                 own: Window::default(),
                 rest: Window::default(),
                 next_evaluation_ms: i64::MIN,
+                latest: None,
             });
         }
         Ok(LaunchMonitor {
@@ -226,6 +256,32 @@ impl LaunchMonitor {
             gate,
             watches,
         })
+    }
+
+    /// What the monitor remembers between events, for snapshots.
+    pub fn memory(&self) -> Vec<Watch> {
+        self.watches.clone()
+    }
+
+    /// Takes back the windows of the surfaces a snapshot watched. A surface whose launch time
+    /// changed in the config since starts afresh; one no longer configured is dropped.
+    pub fn restore(&mut self, remembered: Vec<Watch>) {
+        for old in remembered {
+            if let Some(w) = self
+                .watches
+                .iter_mut()
+                .find(|w| w.name == old.name && w.launch_ms == old.launch_ms)
+            {
+                *w = old;
+            }
+        }
+    }
+
+    /// Each watched surface's latest drift figures (none before its first evaluation).
+    pub fn latest(&self) -> impl Iterator<Item = (&str, &SurfaceEvidence)> + '_ {
+        self.watches
+            .iter()
+            .filter_map(|w| w.latest.as_ref().map(|e| (w.name.as_str(), e)))
     }
 
     pub fn is_active(&self) -> bool {
@@ -341,7 +397,20 @@ impl LaunchMonitor {
             .clusters()
             .filter(|c| self.is_surface_cluster(c, surface, launch_ms, now_ms, 0.0))
             .count() as u64;
-        let w = self.watches.iter().find(|w| w.name == surface)?;
+        let w = self.watches.iter_mut().find(|w| w.name == surface)?;
+        let evidence = SurfaceEvidence {
+            launch_time: w.launch_time.clone(),
+            baseline: kind.to_string(),
+            window_conversations: own.conversations,
+            baseline_conversations: baseline.conversations,
+            js_divergence: round4(js),
+            concern_rate: round4(concern),
+            baseline_concern_rate: round4(base_concern),
+            refusal_rate: round4(refusal),
+            baseline_refusal_rate: round4(base_refusal),
+            new_clusters,
+        };
+        w.latest = Some(evidence.clone());
         Some(Finding {
             kind: AlertKind::LaunchDrift,
             subject: Subject::Surface(surface.to_string()),
@@ -354,18 +423,7 @@ impl LaunchMonitor {
             },
             surface: Some(surface.to_string()),
             window_start_ms: (now_ms - window_ms).max(launch_ms),
-            stats: AlertStats::Surface(SurfaceEvidence {
-                launch_time: w.launch_time.clone(),
-                baseline: kind.to_string(),
-                window_conversations: own.conversations,
-                baseline_conversations: baseline.conversations,
-                js_divergence: round4(js),
-                concern_rate: round4(concern),
-                baseline_concern_rate: round4(base_concern),
-                refusal_rate: round4(refusal),
-                baseline_refusal_rate: round4(base_refusal),
-                new_clusters,
-            }),
+            stats: AlertStats::Surface(evidence),
         })
     }
 

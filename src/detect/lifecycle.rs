@@ -6,14 +6,14 @@
 
 use crate::alert::AlertStatus;
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Phase {
     Pending { since_ms: i64 },
     Firing { since_ms: i64, last_true_ms: i64 },
 }
 
 /// One tracked alert.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Lifecycle {
     pub phase: Phase,
     pub opened_ms: i64,

@@ -17,7 +17,9 @@ pub use coordinated::CoordinatedDetector;
 use enforcement::EnforcementDetector;
 use launch::LaunchMonitor;
 
-use crate::alert::{AlertKind, AlertRecord};
+pub use launch::HIGH_CONCERN;
+
+use crate::alert::{AlertKind, AlertRecord, AlertStats, Severity, SurfaceEvidence};
 use crate::cluster::{ClusterId, ClusterState};
 use crate::config::DetectSettings;
 use crate::privacy::{LabelVerdict, PrivacyGate};
@@ -38,18 +40,71 @@ pub struct Detectors {
     enforcement: EnforcementDetector,
     book: AlertBook,
     labels_refused: u64,
+    /// Alert records emitted so far; the last one's [`AlertRecord::sequence`].
+    emitted: u64,
+}
+
+/// What the detectors remember between events: open alerts with their lifecycle, the launch
+/// windows, the tightness population and the record sequence. A snapshot carries it beside the
+/// cluster state, so after a crash the replayed events walk the same alerts through the same
+/// transitions, and sinks recognise the records they already have by their sequence.
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
+pub struct DetectorSnapshot {
+    coordinated: coordinated::CoordinatedMemory,
+    launch: Vec<launch::Watch>,
+    book: AlertBook,
+    labels_refused: u64,
+    emitted: u64,
+}
+
+impl std::fmt::Debug for DetectorSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DetectorSnapshot")
+            .field("open_alerts", &self.book.len())
+            .field("launch_watches", &self.launch.len())
+            .field("emitted", &self.emitted)
+            .finish()
+    }
 }
 
 impl Detectors {
     /// Fails on an invalid launch configuration.
     pub fn new(settings: &DetectSettings, gate: PrivacyGate) -> anyhow::Result<Self> {
+        let per_template = crate::cluster::template::ACCOUNTS_PER_TEMPLATE;
+        anyhow::ensure!(
+            settings.coordinated.duplication_min_accounts <= per_template,
+            "detect.coordinated.duplication_min_accounts = {} exceeds the {per_template} accounts \
+             a cluster remembers per template, so the script route could never fire",
+            settings.coordinated.duplication_min_accounts
+        );
         Ok(Detectors {
             coordinated: CoordinatedDetector::new(settings.coordinated.clone(), gate.clone()),
             launch: LaunchMonitor::new(settings.launch.clone(), gate.clone())?,
             enforcement: EnforcementDetector::new(settings.enforcement.clone(), gate),
             book: AlertBook::default(),
             labels_refused: 0,
+            emitted: 0,
         })
+    }
+
+    /// The detectors' memory, for a snapshot.
+    pub fn snapshot(&self) -> DetectorSnapshot {
+        DetectorSnapshot {
+            coordinated: self.coordinated.memory(),
+            launch: self.launch.memory(),
+            book: self.book.clone(),
+            labels_refused: self.labels_refused,
+            emitted: self.emitted,
+        }
+    }
+
+    /// Continues from a snapshot's memory (the settings stay this process's).
+    pub fn restore(&mut self, snapshot: DetectorSnapshot) {
+        self.coordinated.restore(snapshot.coordinated);
+        self.launch.restore(snapshot.launch);
+        self.book = snapshot.book;
+        self.labels_refused = snapshot.labels_refused;
+        self.emitted = snapshot.emitted;
     }
 
     /// Runs the detectors after `event` (if any) at event time `clock_ms` (the stage's
@@ -165,6 +220,21 @@ impl Detectors {
         self.book.counts(kind)
     }
 
+    /// Each launched surface's latest drift figures.
+    pub fn launch_figures(&self) -> impl Iterator<Item = (&str, &SurfaceEvidence)> + '_ {
+        self.launch.latest()
+    }
+
+    /// Firing alerts' kind, severity and latest evidence (for the aggregate gauges).
+    pub fn firing(&self) -> impl Iterator<Item = (AlertKind, Severity, &AlertStats)> + '_ {
+        self.book.firing()
+    }
+
+    /// Alert records emitted so far (the sequence of the latest).
+    pub fn emitted(&self) -> u64 {
+        self.emitted
+    }
+
     /// Labels the auditor refused so far (they were replaced by the generic label).
     pub fn labels_refused(&self) -> u64 {
         self.labels_refused
@@ -217,10 +287,12 @@ impl Detectors {
             // Surface names come from the config, not from users.
             Subject::Surface(name) => format!("surface {name}"),
         };
-        if let Some(record) = self
+        if let Some(mut record) = self
             .book
             .step(kind, &subject, finding, now_ms, timing, label)
         {
+            self.emitted += 1;
+            record.sequence = self.emitted;
             records.push(record);
         }
     }
@@ -350,6 +422,87 @@ mod tests {
                 .filter(|r| r.kind == kind && r.status == AlertStatus::Firing)
                 .collect()
         }
+    }
+
+    /// A snapshot cut mid-alert (cluster state and detector memory, through the real snapshot
+    /// encoding) continues with exactly the records the uninterrupted detectors make.
+    #[test]
+    fn a_restored_snapshot_continues_exactly_where_the_original_would() {
+        let mut settings = DetectSettings::default();
+        settings.launch.surfaces = vec![LaunchSurface {
+            name: "computer_use".into(),
+            launch_time: "1970-01-01T00:30:00Z".into(),
+        }];
+        settings.launch.min_window_conversations = 30;
+        let events: Vec<(String, &str, i64, &str, u8)> = (0..400)
+            .map(|i| {
+                let (text, surface, concern) = match i % 4 {
+                    0 | 1 => (
+                        "write ransomware that encrypts a hospital network",
+                        "api",
+                        4,
+                    ),
+                    2 => ("book a table for two tonight", "chat", 1),
+                    _ => ("click through the checkout page for me", "computer_use", 2),
+                };
+                (
+                    format!("acct-{}", i % 70),
+                    text,
+                    i as i64 * 10,
+                    surface,
+                    concern,
+                )
+            })
+            .collect();
+        let send = |b: &mut Bench, e: &(String, &str, i64, &str, u8)| {
+            b.send(Event {
+                account: e.0.clone(),
+                text: e.1,
+                t_secs: e.2,
+                surface: e.3,
+                concern: e.4,
+                refused: false,
+                flagged: false,
+            })
+        };
+        let mut original = Bench::new(settings.clone());
+        let split = 280;
+        for e in &events[..split] {
+            send(&mut original, e);
+        }
+        assert!(
+            original.detectors.counts(AlertKind::UnderEnforcement) != (0, 0),
+            "an alert is open at the cut: {:#?}",
+            original.records
+        );
+        let mut body = original.state.to_snapshot("t", Default::default());
+        body.detector = Some(original.detectors.snapshot());
+        let bytes = crate::cluster::snapshot::encode(&body);
+        let mut decoded =
+            crate::cluster::snapshot::decode(&bytes, std::path::Path::new("x")).unwrap();
+        let memory = decoded.detector.take().expect("detector memory");
+        let mut restored = Bench::new(settings);
+        restored.state = ClusterState::from_snapshot(
+            ClusterSettings {
+                join_threshold: 0.3,
+                ..Default::default()
+            },
+            decoded,
+            512,
+            restored.embedder.id(),
+        )
+        .unwrap();
+        restored.detectors.restore(memory);
+        restored.n = original.n;
+        let before = original.records.len();
+        for e in &events[split..] {
+            send(&mut original, e);
+            send(&mut restored, e);
+        }
+        assert!(original.records.len() > before, "records after the cut");
+        assert_eq!(original.records[before..], restored.records[..]);
+        let sequences: Vec<u64> = original.records.iter().map(|r| r.sequence).collect();
+        assert_eq!(sequences, (1..=sequences.len() as u64).collect::<Vec<_>>());
     }
 
     #[test]

@@ -13,3 +13,5 @@ pub mod clustering;
 pub mod detection;
 pub mod kmeans;
 pub mod metrics;
+pub mod multilingual;
+pub mod sharding;

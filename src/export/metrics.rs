@@ -9,8 +9,8 @@
 //! text is ever a label value.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::decode::DecodeError;
@@ -18,8 +18,14 @@ use crate::decode::DecodeError;
 /// Surfaces that get their own label value; anything else is `other`.
 pub const KNOWN_SURFACES: &[&str] = &["chat", "api", "computer_use", "code", "unknown"];
 
-/// Reject reasons raised after decoding (the decoder's own are [`DecodeError::REASONS`]).
-pub const LATE_REJECT_REASONS: &[&str] = &["summarize_failed", "embed_failed"];
+/// Reject reasons raised after decoding (the decoder's own are [`DecodeError::REASONS`]), and
+/// the cluster role's for records on the internal topic (`src/scale/record.rs`).
+pub const LATE_REJECT_REASONS: &[&str] = &[
+    "summarize_failed",
+    "embed_failed",
+    "malformed_record",
+    "wrong_vector_space",
+];
 
 /// Pipeline stages, the values of the `stage` label.
 pub const STAGES: &[&str] = &[
@@ -29,9 +35,31 @@ pub const STAGES: &[&str] = &[
     "embed",
     "cluster",
     "detect",
+    "hierarchy",
+    "maintain",
     "dead_letter",
     "snapshot",
     "investigation",
+];
+
+/// Values of `clusterwatch_summaries_total{kind}`.
+pub const SUMMARY_KINDS: &[&str] = &["llm", "cached", "fallback", "offline"];
+
+/// Values of `clusterwatch_live_clusters{kind}`.
+pub const CLUSTER_LEVELS: &[&str] = &["micro", "topic", "domain"];
+
+/// Every label name a clusterwatch metric may carry. Each is bounded: a fixed vocabulary, or
+/// (`partition`) the input topic's partition count, or (`version`) one value per build. A cluster
+/// id, account id or text can never be one; `tests` below holds the registry to this list.
+pub const ALLOWED_LABELS: &[&str] = &[
+    "stage",
+    "reason",
+    "surface",
+    "kind",
+    "severity",
+    "status",
+    "partition",
+    "version",
 ];
 
 #[derive(Clone)]
@@ -46,6 +74,9 @@ pub struct Metrics {
     pub dead_letter_retries: IntCounter,
     pub stage_errors: IntCounterVec,
     pub stage_duration: HistogramVec,
+    /// Wall-clock seconds from a Kafka message's produce timestamp to the moment the cluster
+    /// stage has applied its event (measurement only: event time drives every window).
+    pub event_cluster_latency: Histogram,
     pub alerts: IntCounterVec,
     pub alerts_delivered: IntCounterVec,
     pub alert_delivery_failures: IntCounterVec,
@@ -57,11 +88,26 @@ pub struct Metrics {
     pub alert_spool_dropped: IntCounterVec,
     /// Spool trouble by `sink` and `reason`: `corrupt_line` (skipped on load), `write_failed`.
     pub alert_spool_errors: IntCounterVec,
+    /// Records a sink's spool skipped because it already had their sequence, by `sink`.
+    pub alert_records_replayed: IntCounterVec,
     /// Cluster lifecycle events by `event`: born, merged, died.
     pub cluster_lifecycle: IntCounterVec,
-    pub live_clusters: IntGauge,
-    pub topics: IntGauge,
-    pub domains: IntGauge,
+    /// Live clusters by `kind`: micro, topic, domain.
+    pub live_clusters: IntGaugeVec,
+    /// Evidence of firing alerts by `kind` and `severity` (no cluster label: privacy).
+    pub open_alert_window_accounts: IntGaugeVec,
+    pub open_alert_accounts_per_minute: GaugeVec,
+    /// Consumer lag per assigned `partition` (bounded by the topic's partition count).
+    pub kafka_consumer_lag: IntGaugeVec,
+    pub surface_high_concern: IntCounterVec,
+    pub surface_refusals: IntCounterVec,
+    /// The launch monitor's latest judgement per watched `surface`.
+    pub launch_divergence: GaugeVec,
+    pub launch_new_clusters: IntGaugeVec,
+    pub launch_concern_ratio: GaugeVec,
+    pub launch_baseline_concern_ratio: GaugeVec,
+    pub launch_refusal_ratio: GaugeVec,
+    pub launch_baseline_refusal_ratio: GaugeVec,
     pub visible_clusters: IntGauge,
     pub open_alerts: IntGaugeVec,
     pub labels_refused: IntCounter,
@@ -92,6 +138,8 @@ pub struct Metrics {
     pub cluster_names: IntCounterVec,
     /// Investigation records written to the restricted topic.
     pub investigation_records: IntCounter,
+    /// Per-shard readings behind the cluster-state gauges (see `export/gauges.rs`).
+    pub gauge_board: super::gauges::GaugeBoard,
 }
 
 impl Metrics {
@@ -160,6 +208,17 @@ impl Metrics {
                 .buckets(stage_buckets),
                 &["stage"]
             )),
+            event_cluster_latency: reg!(Histogram::with_opts(
+                HistogramOpts::new(
+                    "clusterwatch_event_cluster_latency_seconds",
+                    "Wall-clock time from a Kafka message's produce timestamp to its event being \
+                     applied to cluster state (clustered events only)."
+                )
+                .buckets(vec![
+                    0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75,
+                    1.0, 1.5, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0
+                ])
+            )),
             alerts: reg!(IntCounterVec::new(
                 Opts::new(
                     "clusterwatch_alerts_total",
@@ -172,14 +231,14 @@ impl Metrics {
                     "clusterwatch_alert_deliveries_total",
                     "Alert records delivered, by sink."
                 ),
-                &["sink"]
+                &["kind"]
             )),
             alert_delivery_failures: reg!(IntCounterVec::new(
                 Opts::new(
                     "clusterwatch_alert_delivery_failures_total",
                     "Failed alert delivery attempts, by sink."
                 ),
-                &["sink"]
+                &["kind"]
             )),
             alert_deliveries_rejected: reg!(IntCounterVec::new(
                 Opts::new(
@@ -187,14 +246,14 @@ impl Metrics {
                     "Alert records dropped because the sink's endpoint refused them for good \
                      (4xx other than 408/429), by sink."
                 ),
-                &["sink"]
+                &["kind"]
             )),
             alert_spool_records: reg!(IntGaugeVec::new(
                 Opts::new(
                     "clusterwatch_alert_spool_records",
                     "Alert records queued for delivery, by sink."
                 ),
-                &["sink"]
+                &["kind"]
             )),
             alert_spool_dropped: reg!(IntCounterVec::new(
                 Opts::new(
@@ -202,7 +261,16 @@ impl Metrics {
                     "Oldest alert records dropped undelivered because the sink's spool was full, \
                      by sink."
                 ),
-                &["sink"]
+                &["kind"]
+            )),
+            alert_records_replayed: reg!(IntCounterVec::new(
+                Opts::new(
+                    "clusterwatch_alert_records_replayed_total",
+                    "Alert records a sink skipped because it already had their sequence number: \
+                     state changes the detectors made again while re-reading events after a \
+                     restart from a snapshot. By sink."
+                ),
+                &["kind"]
             )),
             alert_spool_errors: reg!(IntCounterVec::new(
                 Opts::new(
@@ -210,27 +278,103 @@ impl Metrics {
                     "Alert spool problems, by sink and reason: corrupt_line (skipped on load), \
                      write_failed (the record stays queued in memory)."
                 ),
-                &["sink", "reason"]
+                &["kind", "reason"]
             )),
             cluster_lifecycle: reg!(IntCounterVec::new(
                 Opts::new(
                     "clusterwatch_cluster_lifecycle_events_total",
-                    "Micro-cluster lifecycle events: born, merged (into an older cluster), died \
-                     (archived after its decayed weight faded)."
+                    "Micro-cluster lifecycle events by kind: born, merged (into an older cluster), \
+                     split, died (archived after its decayed weight faded)."
                 ),
-                &["event"]
+                &["kind"]
             )),
-            live_clusters: reg!(IntGauge::new(
-                "clusterwatch_live_clusters",
-                "Micro-clusters currently held in memory."
+            live_clusters: reg!(IntGaugeVec::new(
+                Opts::new(
+                    "clusterwatch_live_clusters",
+                    "Live clusters by level (kind): micro (held in memory), topic and domain (at \
+                     the last hierarchy rebuild)."
+                ),
+                &["kind"]
             )),
-            topics: reg!(IntGauge::new(
-                "clusterwatch_topics",
-                "Topics (groups of micro-clusters) at the last topic rebuild."
+            open_alert_window_accounts: reg!(IntGaugeVec::new(
+                Opts::new(
+                    "clusterwatch_open_alert_window_accounts",
+                    "Distinct accounts in the detector window, summed over firing alerts, by kind \
+                     and severity."
+                ),
+                &["kind", "severity"]
             )),
-            domains: reg!(IntGauge::new(
-                "clusterwatch_domains",
-                "Domains (groups of topics) at the last hierarchy rebuild."
+            open_alert_accounts_per_minute: reg!(GaugeVec::new(
+                Opts::new(
+                    "clusterwatch_open_alert_accounts_per_minute",
+                    "Accounts per minute of the fastest firing alert, by kind and severity."
+                ),
+                &["kind", "severity"]
+            )),
+            kafka_consumer_lag: reg!(IntGaugeVec::new(
+                Opts::new(
+                    "clusterwatch_kafka_consumer_lag",
+                    "Messages between the consumer's position and the high watermark, per \
+                     assigned partition, from librdkafka statistics."
+                ),
+                &["partition"]
+            )),
+            surface_high_concern: reg!(IntCounterVec::new(
+                Opts::new(
+                    "clusterwatch_surface_high_concern_total",
+                    "Clustered events with a concern score of 3 or more, by surface."
+                ),
+                &["surface"]
+            )),
+            surface_refusals: reg!(IntCounterVec::new(
+                Opts::new(
+                    "clusterwatch_surface_refusals_total",
+                    "Clustered events the assistant refused, by surface."
+                ),
+                &["surface"]
+            )),
+            launch_divergence: reg!(GaugeVec::new(
+                Opts::new(
+                    "clusterwatch_launch_divergence",
+                    "Jensen-Shannon divergence (bits) of a launched surface's topic mix from its \
+                     baseline, at the last evaluation."
+                ),
+                &["surface"]
+            )),
+            launch_new_clusters: reg!(IntGaugeVec::new(
+                Opts::new(
+                    "clusterwatch_launch_new_clusters",
+                    "Live clusters born on a launched surface since its launch."
+                ),
+                &["surface"]
+            )),
+            launch_concern_ratio: reg!(GaugeVec::new(
+                Opts::new(
+                    "clusterwatch_launch_concern_ratio",
+                    "Share of a launched surface's window with concern 3 or more."
+                ),
+                &["surface"]
+            )),
+            launch_baseline_concern_ratio: reg!(GaugeVec::new(
+                Opts::new(
+                    "clusterwatch_launch_baseline_concern_ratio",
+                    "The same share in the surface's baseline."
+                ),
+                &["surface"]
+            )),
+            launch_refusal_ratio: reg!(GaugeVec::new(
+                Opts::new(
+                    "clusterwatch_launch_refusal_ratio",
+                    "Share of a launched surface's window the assistant refused."
+                ),
+                &["surface"]
+            )),
+            launch_baseline_refusal_ratio: reg!(GaugeVec::new(
+                Opts::new(
+                    "clusterwatch_launch_baseline_refusal_ratio",
+                    "The same share in the surface's baseline."
+                ),
+                &["surface"]
             )),
             visible_clusters: reg!(IntGauge::new(
                 "clusterwatch_visible_clusters",
@@ -324,8 +468,8 @@ impl Metrics {
             summaries: reg!(IntCounterVec::new(
                 Opts::new(
                     "clusterwatch_summaries_total",
-                    "Conversations summarized with an LLM configured, by kind: llm, cached (a \
-                     redelivery), fallback (offline after the LLM failed)."
+                    "Conversations summarized, by kind: llm, cached (a redelivery), fallback \
+                     (offline after the LLM failed), offline (no LLM configured)."
                 ),
                 &["kind"]
             )),
@@ -357,6 +501,7 @@ impl Metrics {
                 "clusterwatch_investigation_records_total",
                 "Records written to the restricted investigation topic (ids never leave it)."
             )),
+            gauge_board: Default::default(),
             registry,
         };
         let build_info = IntGaugeVec::new(
@@ -386,8 +531,23 @@ impl Metrics {
                 .cluster_lifecycle
                 .with_label_values(&[kind.as_str()]);
         }
-        for kind in ["llm", "cached", "fallback"] {
+        for kind in SUMMARY_KINDS {
             metrics.summaries.with_label_values(&[kind]);
+        }
+        for surface in KNOWN_SURFACES.iter().chain(&["other"]) {
+            metrics.events_clustered.with_label_values(&[surface]);
+            metrics.surface_high_concern.with_label_values(&[surface]);
+            metrics.surface_refusals.with_label_values(&[surface]);
+        }
+        for kind in CLUSTER_LEVELS {
+            metrics.live_clusters.with_label_values(&[kind]);
+        }
+        for kind in crate::alert::AlertKind::ALL {
+            for status in ["pending", "firing"] {
+                metrics
+                    .open_alerts
+                    .with_label_values(&[kind.as_str(), status]);
+            }
         }
         metrics
     }
@@ -405,6 +565,20 @@ impl Metrics {
         self.stage_duration
             .with_label_values(&[stage])
             .observe(seconds);
+    }
+
+    /// Observes the event→cluster latency of an event produced at `produced_at_ms` (Unix ms, the
+    /// Kafka message timestamp); `None` (a file source) observes nothing. A producer clock ahead
+    /// of ours counts as zero rather than a negative latency.
+    pub fn observe_event_cluster_latency(&self, produced_at_ms: Option<i64>) {
+        let Some(produced_at_ms) = produced_at_ms else {
+            return;
+        };
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let seconds = (now_ms - produced_at_ms).max(0) as f64 / 1000.0;
+        self.event_cluster_latency.observe(seconds);
     }
 
     /// The metrics in Prometheus text exposition format.
@@ -454,6 +628,45 @@ mod tests {
             );
         }
         assert!(text.contains("clusterwatch_build_info{version="));
+    }
+
+    #[test]
+    fn every_metric_has_the_prefix_and_only_bounded_labels() {
+        let m = Metrics::new();
+        m.kafka_consumer_lag.with_label_values(&["0"]).set(3);
+        for family in m.registry.gather() {
+            assert!(family.name().starts_with("clusterwatch_"));
+            for metric in family.get_metric() {
+                for label in metric.get_label() {
+                    assert!(
+                        ALLOWED_LABELS.contains(&label.name()),
+                        "{} has label {}",
+                        family.name(),
+                        label.name()
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn event_cluster_latency_is_observed_from_the_produce_timestamp() {
+        let m = Metrics::new();
+        m.observe_event_cluster_latency(None);
+        assert_eq!(m.event_cluster_latency.get_sample_count(), 0);
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        m.observe_event_cluster_latency(Some(now_ms - 1_500));
+        // A producer clock ahead of ours is no negative latency.
+        m.observe_event_cluster_latency(Some(now_ms + 60_000));
+        assert_eq!(m.event_cluster_latency.get_sample_count(), 2);
+        let sum = m.event_cluster_latency.get_sample_sum();
+        assert!((1.5..2.5).contains(&sum), "sum {sum}");
+        assert!(m
+            .render()
+            .contains("clusterwatch_event_cluster_latency_seconds_count 2"));
     }
 
     #[test]

@@ -1,6 +1,9 @@
-//! Export: Prometheus metrics, the HTTP endpoint serving them, and the k-anonymous cluster table.
+//! Export: Prometheus metrics, the HTTP endpoint serving them, the k-anonymous cluster table, and
+//! the cluster explorer page with the JSON API it reads.
 
 pub mod clusters;
+pub mod explorer;
+pub mod gauges;
 pub mod http;
 pub mod metrics;
 pub mod view;

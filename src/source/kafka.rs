@@ -6,13 +6,21 @@
 //! state. librdkafka's auto-commit then commits stored offsets periodically, and shutdown commits
 //! synchronously. A crash can therefore redeliver, never skip; redeliveries are dropped by
 //! conversation id in the cluster state.
+//!
+//! A rebalance hands partitions over exactly: the revoke callback does not give the partitions
+//! up at once. The source stops forwarding, asks the cluster stage to make everything it
+//! processed durable (a snapshot now, acknowledging its offsets), waits until the acknowledged
+//! offsets reach what it forwarded, commits them, and only then unassigns. The next owner starts
+//! exactly where this instance's state ends, so no event is counted by both.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol, StreamConsumer,
+};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -34,11 +42,28 @@ const READ_TO_END_CHECK: Duration = Duration::from_secs(1);
 /// Header naming the reject reason on dead-letter records.
 pub const REJECT_REASON_HEADER: &str = "clusterwatch-reject-reason";
 
-/// Logs rebalances so an operator can correlate lag jumps with group changes, and keeps the
-/// shared [`PartitionAssignment`] the cluster stage's event clock follows.
+/// How long a revocation waits for the cluster stage to make the revoked partitions' events
+/// durable before it gives them up anyway (well inside the group's rebalance timeout,
+/// `max.poll.interval.ms`). Giving up means the next owner may count those events again.
+const REVOCATION_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How often librdkafka reports statistics (consumer lag per partition); `kafka.extra` may
+/// override `statistics.interval.ms`.
+const STATISTICS_INTERVAL_MS: &str = "5000";
+
+/// Logs rebalances so an operator can correlate lag jumps with group changes, keeps the shared
+/// [`PartitionAssignment`] the cluster stage's event clock follows, and exports consumer lag.
 pub struct SourceContext {
     topic: String,
     assignment: Arc<PartitionAssignment>,
+    /// `clusterwatch_kafka_consumer_lag{partition}`, when metrics are exported.
+    lag: Option<prometheus::IntGaugeVec>,
+    /// Partitions revoked by the group but not yet given up: the source drains and commits
+    /// them, then unassigns (see the module doc).
+    revoking: std::sync::Mutex<Option<Vec<i32>>>,
+    /// Set once the pipeline has drained for good: from then on revocations (the consumer's
+    /// close makes one) are given up at once, as nothing is left to hand over.
+    closing: std::sync::atomic::AtomicBool,
 }
 
 impl SourceContext {
@@ -51,29 +76,105 @@ impl SourceContext {
     }
 }
 
-impl ClientContext for SourceContext {}
-
-impl ConsumerContext for SourceContext {
-    fn pre_rebalance(
-        &self,
-        _consumer: &rdkafka::consumer::BaseConsumer<Self>,
-        rebalance: &Rebalance,
-    ) {
-        match rebalance {
-            Rebalance::Assign(tpl) => {
-                let partitions = self.partitions_of(tpl);
-                tracing::info!(?partitions, "partitions assigned");
-                self.assignment.assign(partitions);
+impl ClientContext for SourceContext {
+    /// Lag per assigned partition: the high watermark minus the committed offset, as librdkafka
+    /// reports it. Partitions no longer assigned drop their series, so a rebalance does not leave
+    /// a stale lag behind for the `ClusterwatchConsumerLagGrowing` alert.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let Some(lag) = &self.lag else {
+            return;
+        };
+        let Some(topic) = statistics.topics.get(&self.topic) else {
+            return;
+        };
+        for (id, partition) in &topic.partitions {
+            if *id < 0 {
+                continue; // librdkafka's internal "unassigned" partition
             }
-            Rebalance::Revoke(tpl) => {
-                let partitions = self.partitions_of(tpl);
-                tracing::info!(?partitions, "partitions revoked");
-                self.assignment.revoke(partitions);
+            let label = id.to_string();
+            if partition.desired && partition.consumer_lag >= 0 {
+                lag.with_label_values(&[&label]).set(partition.consumer_lag);
+            } else {
+                let _ = lag.remove_label_values(&[&label]);
             }
-            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
         }
     }
 }
+
+impl ConsumerContext for SourceContext {
+    /// Assignments take effect at once. A revocation is only recorded here: the partitions are
+    /// given up by [`KafkaSource::hand_over_revoked`] once their events are durable and
+    /// committed; librdkafka holds the rebalance until then.
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: rdkafka::types::RDKafkaRespErr,
+        tpl: &mut rdkafka::TopicPartitionList,
+    ) {
+        use rdkafka::types::RDKafkaRespErr;
+        let partitions = self.partitions_of(tpl);
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                tracing::info!(?partitions, "partitions assigned");
+                self.assignment.assign(partitions);
+                let assigned = match consumer.rebalance_protocol() {
+                    RebalanceProtocol::Cooperative => consumer.incremental_assign(tpl),
+                    _ => consumer.assign(tpl),
+                };
+                if let Err(e) = assigned {
+                    tracing::error!(error = %e, "cannot take the assigned partitions");
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                self.assignment.revoke(partitions.iter().copied());
+                if self.closing.load(std::sync::atomic::Ordering::Acquire) {
+                    give_up(consumer, tpl);
+                    return;
+                }
+                if consumer.assignment_lost() {
+                    // The group already gave them away (a session timed out): nothing can be
+                    // committed for them any more; re-reads are recognised by conversation id.
+                    tracing::warn!(?partitions, "partitions lost");
+                    give_up(consumer, tpl);
+                    return;
+                }
+                tracing::info!(
+                    ?partitions,
+                    "partitions revoked; handing them over once drained"
+                );
+                self.assignment.request_flush();
+                self.revoking
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get_or_insert_with(Vec::new)
+                    .extend(partitions);
+            }
+            other => {
+                tracing::warn!(error = ?other, "rebalance error");
+                give_up(consumer, tpl);
+            }
+        }
+    }
+}
+
+/// Unassigns `tpl` (cooperative) or everything (eager), as the default rebalance would.
+fn give_up<C: ConsumerContext, K: Consumer<C> + ?Sized>(
+    consumer: &K,
+    tpl: &rdkafka::TopicPartitionList,
+) {
+    let result = match consumer.rebalance_protocol() {
+        RebalanceProtocol::Cooperative => consumer.incremental_unassign(tpl),
+        _ => consumer.unassign(),
+    };
+    if let Err(e) = result {
+        tracing::error!(error = %e, "cannot give up the revoked partitions");
+    }
+}
+
+/// Pause after a consume error (librdkafka paces its own reconnects).
+const CONSUME_ERROR_PAUSE: Duration = Duration::from_millis(100);
+/// During a run of errors, one is logged this often (all are counted).
+const ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
 
 pub type SourceConsumer = StreamConsumer<SourceContext>;
 
@@ -89,7 +190,12 @@ pub struct KafkaSource {
 }
 
 impl KafkaSource {
-    pub fn new(settings: &KafkaSettings, max_message_bytes: usize) -> anyhow::Result<Self> {
+    /// `lag` receives consumer lag per partition from librdkafka's statistics.
+    pub fn new(
+        settings: &KafkaSettings,
+        max_message_bytes: usize,
+        lag: Option<prometheus::IntGaugeVec>,
+    ) -> anyhow::Result<Self> {
         let mut config = ClientConfig::new();
         config
             .set("bootstrap.servers", &settings.bootstrap_servers)
@@ -106,7 +212,8 @@ impl KafkaSource {
             .set("heartbeat.interval.ms", "1000")
             // Small per-partition fetches interleave partitions finely, which keeps the event-time
             // skew between partitions (and so how far the cluster clock lags) small.
-            .set("max.partition.fetch.bytes", "262144");
+            .set("max.partition.fetch.bytes", "262144")
+            .set("statistics.interval.ms", STATISTICS_INTERVAL_MS);
         for (k, v) in &settings.extra {
             config.set(k, v);
         }
@@ -114,6 +221,9 @@ impl KafkaSource {
         let context = SourceContext {
             topic: settings.topic.clone(),
             assignment: assignment.clone(),
+            lag,
+            revoking: Default::default(),
+            closing: Default::default(),
         };
         let consumer: SourceConsumer = config
             .create_with_context(context)
@@ -172,6 +282,7 @@ impl KafkaSource {
         Arc::new(KafkaAcker {
             consumer: self.consumer.clone(),
             topic: self.topic.clone(),
+            assignment: self.assignment.clone(),
             metrics,
         })
     }
@@ -193,10 +304,16 @@ impl KafkaSource {
         metrics: Metrics,
     ) -> anyhow::Result<()> {
         let mut consecutive_errors = 0u32;
+        let mut last_error_log = std::time::Instant::now();
         // Last offset read, and last offset handed to the pipeline, per partition: the read-to-end
         // reports the event clock needs.
         let mut read: BTreeMap<i32, i64> = BTreeMap::new();
         let mut forwarded: BTreeMap<i32, i64> = BTreeMap::new();
+        // Partitions in a run of re-read messages (to log each run once).
+        let mut rereads: std::collections::BTreeSet<i32> = Default::default();
+        // The partitions owned, refreshed when the assignment's generation moves.
+        let mut owned_generation = u64::MAX;
+        let mut owned = std::collections::BTreeSet::new();
         let mut end_check = tokio::time::interval(READ_TO_END_CHECK);
         end_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -204,31 +321,78 @@ impl KafkaSource {
                 biased;
                 _ = shutdown.recv() => return Ok(()),
                 _ = end_check.tick() => {
+                    if self.hand_over_revoked(&forwarded, &metrics, &mut shutdown).await {
+                        return Ok(());
+                    }
                     self.report_partitions_read_to_end(&read, &forwarded).await;
                     continue;
                 }
                 m = self.consumer.recv() => m,
             };
+            // The revoke callback ran inside `recv`; nothing more is forwarded until the
+            // revoked partitions are handed over.
+            if self
+                .hand_over_revoked(&forwarded, &metrics, &mut shutdown)
+                .await
+            {
+                return Ok(());
+            }
+            if owned_generation != self.assignment.generation() {
+                owned_generation = self.assignment.generation();
+                owned = self.assignment.owned();
+            }
+            if matches!(&message, Ok(m) if !owned.contains(&m.partition())) {
+                // Read before the revocation from a partition now given up: its next owner
+                // reads it from the committed offset.
+                continue;
+            }
             let message = match message {
                 Ok(m) => m,
                 Err(e) => {
-                    // librdkafka reconnects by itself; back off so a broker outage is not a
-                    // hot loop, and keep going.
+                    // librdkafka reconnects by itself and reports each failed attempt here. A
+                    // short fixed pause keeps an outage from being a hot loop; a pause that
+                    // grew per error would fall behind the errors queued during the outage and
+                    // keep the consumer from polling long after the broker is back.
                     consecutive_errors += 1;
                     metrics.stage_errors.with_label_values(&["source"]).inc();
-                    tracing::warn!(error = %e, consecutive_errors, "Kafka consume error");
-                    tokio::time::sleep(Duration::from_millis(
-                        (100 * u64::from(consecutive_errors)).min(5_000),
-                    ))
-                    .await;
+                    if consecutive_errors == 1 || last_error_log.elapsed() >= ERROR_LOG_EVERY {
+                        tracing::warn!(error = %e, consecutive_errors, "Kafka consume error");
+                        last_error_log = std::time::Instant::now();
+                    }
+                    tokio::time::sleep(CONSUME_ERROR_PAUSE).await;
                     continue;
                 }
             };
+            if consecutive_errors > 0 {
+                tracing::info!(consecutive_errors, "consuming again after Kafka errors");
+            }
             consecutive_errors = 0;
+            // The source's duration runs until the pipeline took the message: under backpressure
+            // it is the wait for the stages behind it, which is what saturation looks like here.
+            let started = std::time::Instant::now();
             read.insert(message.partition(), message.offset());
             if self.already_in_snapshot(message.partition(), message.offset()) {
                 continue;
             }
+            // Read again after a rebalance gave this instance back a partition it had (a session
+            // that timed out in a broker outage does that): the consumer resumes at the committed
+            // offset, but everything up to the last message forwarded is already in this
+            // process's pipeline. Forwarding it again would count nothing twice (conversation
+            // ids are recognised) but would dead-letter a rejected message twice.
+            if forwarded
+                .get(&message.partition())
+                .is_some_and(|&last| message.offset() <= last)
+            {
+                if rereads.insert(message.partition()) {
+                    tracing::info!(
+                        partition = message.partition(),
+                        from = message.offset(),
+                        "skipping messages this process already forwarded (re-read after a rebalance)"
+                    );
+                }
+                continue;
+            }
+            rereads.remove(&message.partition());
             forwarded.insert(message.partition(), message.offset());
             metrics.events_consumed.inc();
             let payload = message.payload().unwrap_or_default();
@@ -244,18 +408,94 @@ impl KafkaSource {
                     partition: message.partition(),
                     offset: message.offset(),
                 },
+                produced_at_ms: message.timestamp().to_millis(),
             };
             drop(message);
             tokio::select! {
                 biased;
-                sent = output.send(raw) => if sent.is_err() {
-                    anyhow::bail!("pipeline stopped while the source was still reading");
+                sent = output.send(raw) => {
+                    if sent.is_err() {
+                        anyhow::bail!("pipeline stopped while the source was still reading");
+                    }
+                    metrics.observe_stage("source", started.elapsed().as_secs_f64());
                 },
                 // A full pipeline must not hold shutdown hostage; the unsent message was never
                 // acknowledged, so it is redelivered after restart.
                 _ = shutdown.recv() => return Ok(()),
             }
         }
+    }
+
+    /// Finishes a pending revocation: waits until every revoked partition's forwarded messages
+    /// are acknowledged (the cluster stage snapshots at once while the flush request is up),
+    /// commits, and unassigns. Returns true if shutdown came first.
+    async fn hand_over_revoked(
+        &self,
+        forwarded: &BTreeMap<i32, i64>,
+        metrics: &Metrics,
+        shutdown: &mut Shutdown,
+    ) -> bool {
+        let revoked = self
+            .consumer
+            .context()
+            .revoking
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let Some(revoked) = revoked else {
+            return false;
+        };
+        let started = std::time::Instant::now();
+        let behind = |p: &i32| {
+            forwarded.get(p).is_some_and(|&last| {
+                self.assignment
+                    .acknowledged_through(*p)
+                    .is_none_or(|acked| acked < last)
+            })
+        };
+        let mut stopped = false;
+        while revoked.iter().any(behind) {
+            if started.elapsed() >= REVOCATION_DRAIN_TIMEOUT {
+                let waiting: Vec<i32> = revoked.iter().copied().filter(behind).collect();
+                metrics.stage_errors.with_label_values(&["source"]).inc();
+                tracing::error!(
+                    partitions = ?waiting,
+                    "revoked partitions not drained in time; giving them up: their next owner may count their latest events again"
+                );
+                break;
+            }
+            tokio::select! {
+                _ = shutdown.recv() => { stopped = true; break; }
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            }
+        }
+        self.assignment.flush_done();
+        let consumer = self.consumer.clone();
+        let topic = self.topic.clone();
+        let partitions = revoked.clone();
+        let handed = tokio::task::spawn_blocking(move || {
+            match consumer.commit_consumer_state(CommitMode::Sync) {
+                Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "commit before handing over partitions failed")
+                }
+            }
+            let mut tpl = rdkafka::TopicPartitionList::new();
+            for p in &partitions {
+                tpl.add_partition(&topic, *p);
+            }
+            give_up(consumer.as_ref(), &tpl);
+        })
+        .await;
+        if let Err(e) = handed {
+            tracing::error!(error = %e, "handing over revoked partitions failed");
+        }
+        tracing::info!(
+            partitions = ?revoked,
+            drained_ms = started.elapsed().as_millis() as u64,
+            "revoked partitions drained, committed and handed over"
+        );
+        stopped
     }
 
     /// Reports each owned partition whose high watermark is at or below what was read (or
@@ -316,14 +556,32 @@ impl KafkaSource {
         }
     }
 
-    /// Commits stored offsets synchronously. Call after the pipeline has drained.
+    /// Commits stored offsets synchronously. Call after the pipeline has drained: it also gives
+    /// up any revocation still pending, since everything processed is acknowledged by then.
     pub fn commit(&self) -> anyhow::Result<()> {
-        match self.consumer.commit_consumer_state(CommitMode::Sync) {
+        let context = self.consumer.context();
+        context
+            .closing
+            .store(true, std::sync::atomic::Ordering::Release);
+        let result = match self.consumer.commit_consumer_state(CommitMode::Sync) {
             Ok(()) => Ok(()),
             // Nothing stored since the last commit.
             Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => Ok(()),
             Err(e) => Err(anyhow::anyhow!("final offset commit failed: {e}")),
+        };
+        let pending = context
+            .revoking
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(partitions) = pending {
+            let mut tpl = rdkafka::TopicPartitionList::new();
+            for p in &partitions {
+                tpl.add_partition(&self.topic, *p);
+            }
+            give_up(self.consumer.as_ref(), &tpl);
         }
+        result
     }
 }
 
@@ -352,6 +610,8 @@ fn cached_watermarks(consumer: &SourceConsumer, topic: &str, partition: i32) -> 
 struct KafkaAcker {
     consumer: Arc<SourceConsumer>,
     topic: String,
+    /// Learns every stored offset, which a revocation waits for.
+    assignment: Arc<PartitionAssignment>,
     metrics: Metrics,
 }
 
@@ -363,7 +623,11 @@ impl OffsetAcker for KafkaAcker {
             .consumer
             .store_offset(&self.topic, position.partition, position.offset)
         {
-            Ok(()) => self.metrics.offsets_stored.inc(),
+            Ok(()) => {
+                self.metrics.offsets_stored.inc();
+                self.assignment
+                    .acknowledged(position.partition, position.offset);
+            }
             Err(e) => {
                 // Typically the partition was revoked while the message was in flight; its new
                 // owner will redeliver it.

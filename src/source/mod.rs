@@ -27,6 +27,9 @@ pub struct RawMessage {
     /// The Kafka message key, if any (the contract puts `conversation_id` there).
     pub key: Option<Vec<u8>>,
     pub position: SourcePosition,
+    /// The Kafka message timestamp (Unix ms; the producer's create time unless the topic logs
+    /// append time); `None` for files. Only the event→cluster latency metric reads it.
+    pub produced_at_ms: Option<i64>,
 }
 
 /// Why a message went to the dead letter. `reason` is a bounded label.

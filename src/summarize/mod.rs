@@ -44,5 +44,10 @@ pub enum SummarizeError {
 pub trait Summarizer: Send + Sync {
     /// Stable identifier, recorded with cluster state.
     fn id(&self) -> &str;
+    /// The offline summarizer counts as `clusterwatch_summaries_total{kind="offline"}` in the
+    /// pipeline; an LLM summarizer counts its own kinds (llm, cached, fallback).
+    fn is_offline(&self) -> bool {
+        false
+    }
     async fn summarize(&self, event: &ConversationEvent) -> Result<Summary, SummarizeError>;
 }

@@ -159,6 +159,10 @@ impl Summarizer for OfflineSummarizer {
         "offline"
     }
 
+    fn is_offline(&self) -> bool {
+        true
+    }
+
     /// Runs inline: the work is CPU-only and bounded by the scrub window (a few milliseconds at
     /// worst), cheaper than a hop to the blocking pool.
     async fn summarize(&self, event: &ConversationEvent) -> Result<Summary, SummarizeError> {
