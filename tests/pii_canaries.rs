@@ -30,6 +30,9 @@
 //! binary's stdout, alert records (file and in memory), `/api/clusters`, the snapshot, assignments
 //! (where conversation ids are allowed by contract, account ids are not), the cluster table,
 //! lifecycle records and the dead-letter file. Conversation ids are allowed only in assignments.
+//! A third test runs the same corpus through Kafka and the scale-out roles (`run --role enrich`
+//! and `run --role cluster`) and scans the internal topic between them, both roles' trace logs,
+//! metrics and API, the shard snapshots, the alerts topic and the dead-letter headers.
 //! The fake model also turns dotted quads into `81,175,18,151`; those are counted and printed, not
 //! asserted (see [`Scanners::rewritten_ips`]).
 
@@ -1084,4 +1087,246 @@ fn offline_summaries_leak_no_canary_anywhere() {
 #[test]
 fn a_leaky_llm_summary_is_scrubbed_before_any_output() {
     run_mode(Mode::Llm);
+}
+
+/// The scale-out roles (`run --role enrich` and `run --role cluster`, see `src/scale/`) put one
+/// more thing between the raw text and the outputs: the internal topic. Its records carry hashed
+/// identities, the scrubbed summary and the vector, and must hold no canary; the cluster role's
+/// outputs (its API, metrics, trace logs, shard snapshots, the alerts topic) and the enrich role's
+/// (trace logs, metrics, the dead-letter headers) must not either. Conversation ids are allowed
+/// on the internal topic, as in assignments: the cluster role deduplicates redeliveries by them.
+/// The dead-letter payload is the rejected message itself, by contract (a restricted topic kept
+/// for reprocessing), so only its headers are scanned. Static embedder: the embedder decides how
+/// events group, not what text reaches an output.
+#[test]
+fn the_scale_out_roles_and_their_internal_topic_carry_no_canary() {
+    use common::process::{free_port, sigterm_and_wait};
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+
+    let corpus = corpus();
+    let scanners = Scanners::new(&corpus);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let bootstrap = kafka_bootstrap();
+    let conversations = unique("pii-conversations");
+    let enriched = unique("pii-enriched");
+    let dead_letter = unique("pii-dead-letter");
+    let alerts = unique("pii-alerts");
+    rt.block_on(create_topics(
+        &bootstrap,
+        &[
+            (&conversations, 2),
+            (&enriched, 2),
+            (&dead_letter, 1),
+            (&alerts, 1),
+        ],
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let group = unique("pii-group");
+    let model = repo_root().join("models/all-MiniLM-L6-v2");
+    let config = |name: &str, port: u16, scale: &str| {
+        let path = dir.join(format!("{name}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "[kafka]\nbootstrap_servers = \"{bootstrap}\"\ntopic = \"{conversations}\"\n\
+                 dead_letter_topic = \"{dead_letter}\"\ngroup_id = \"{group}\"\n\
+                 [embedder]\nkind = \"static\"\nmodel_dir = \"{}\"\n\
+                 [http]\nlisten = \"127.0.0.1:{port}\"\n\
+                 [cluster]\ndedup_window_secs = 86400\nfresh_account_secs = 600\n\
+                 [snapshot]\ndir = \"{}\"\ninterval_secs = 1\n\
+                 [alerts]\nspool_dir = \"{}\"\n[alerts.kafka]\ntopic = \"{alerts}\"\n{scale}",
+                model.display(),
+                dir.join("snapshots").display(),
+                dir.join(format!("spool-{name}")).display(),
+            ),
+        )
+        .unwrap();
+        path
+    };
+    // The codebook for this embedder, as an operator makes it.
+    let codebook = dir.join("codebook.json");
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_clusterwatch"))
+        .args(["model", "codebook", "--cells", "4", "--config"])
+        .arg(config("codebook", free_port(), ""))
+        .arg("--out")
+        .arg(&codebook)
+        .status()
+        .expect("run model codebook");
+    assert!(status.success(), "clusterwatch model codebook");
+    let scale = format!(
+        "[scale]\nenriched_topic = \"{enriched}\"\ncodebook = \"{}\"\n",
+        codebook.display()
+    );
+    let start = |role: &str, config: &Path| {
+        let log = dir.join(format!("{role}.log"));
+        let file = std::fs::File::create(&log).expect("log file");
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_clusterwatch"))
+            .args(["run", "--role", role, "--config"])
+            .arg(config)
+            // Everything clusterwatch logs, the detectors' per-cluster figures included.
+            .env("CLUSTERWATCH_LOG", "debug,clusterwatch=trace")
+            .stdout(Stdio::from(file.try_clone().unwrap()))
+            .stderr(Stdio::from(file))
+            .spawn()
+            .expect("start clusterwatch run");
+        (child, log)
+    };
+    let (enrich_port, cluster_port) = (free_port(), free_port());
+    let (enrich, enrich_log) = start("enrich", &config("enrich", enrich_port, &scale));
+    let (cluster, cluster_log) = start("cluster", &config("cluster", cluster_port, &scale));
+
+    // The replay file's oversized invalid line is past the broker's own message limit; the
+    // rest of the invalid lines go through the dead-letter path.
+    let messages: Vec<traffic::GeneratedMessage> = corpus
+        .lines
+        .iter()
+        .filter(|line| line.len() < 900_000)
+        .enumerate()
+        .map(|(i, line)| traffic::GeneratedMessage {
+            key: format!("line-{i}"),
+            payload: line.clone(),
+            event_time_ms: 0,
+            kind: traffic::MessageKind::Organic,
+        })
+        .collect();
+    rt.block_on(produce(&bootstrap, &conversations, &messages));
+    let valid = CAMPAIGN_EVENTS + OTHER_CANARY_EVENTS + ORGANIC_EVENTS;
+    let invalid = messages.len() - valid;
+    assert!(invalid > 0, "invalid lines go to the dead-letter topic");
+
+    let get = |port: u16, path: &str| -> Option<String> {
+        reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .ok()?
+            .get(format!("http://127.0.0.1:{port}{path}"))
+            .send()
+            .ok()?
+            .text()
+            .ok()
+    };
+    let started = Instant::now();
+    loop {
+        // Summed over its `surface` label.
+        let clustered: f64 = get(cluster_port, "/metrics")
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.starts_with("clusterwatch_events_clustered_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        let drained =
+            try_committed_and_end(&bootstrap, &format!("{group}.enrich"), &conversations, 2)
+                .is_ok_and(|(c, e)| e > 0 && c == e);
+        if clustered as usize >= valid && drained {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "timed out: clustered {clustered} of {valid}\n{}\n{}",
+            std::fs::read_to_string(&enrich_log).unwrap_or_default(),
+            std::fs::read_to_string(&cluster_log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The cluster role snapshots each shard every second; let one more pass land.
+    std::thread::sleep(Duration::from_secs(2));
+
+    let mut checked = Checked::default();
+    let api_clusters = get(cluster_port, "/api/clusters").expect("GET /api/clusters");
+    let served: Value = serde_json::from_str(&api_clusters).expect("clusters JSON");
+    let shown = served["clusters"].as_array().map_or(0, Vec::len);
+    assert!(
+        shown > 0,
+        "the cluster role shows k-anonymous clusters: {api_clusters}"
+    );
+    checked.scan(
+        &scanners,
+        false,
+        "cluster: GET /api/clusters",
+        &api_clusters,
+    );
+    for (role, port) in [("enrich", enrich_port), ("cluster", cluster_port)] {
+        let metrics = get(port, "/metrics").expect("GET /metrics");
+        checked.scan(&scanners, false, &format!("{role}: GET /metrics"), &metrics);
+    }
+    let api_alerts = get(cluster_port, "/api/alerts").expect("GET /api/alerts");
+    checked.scan(&scanners, false, "cluster: GET /api/alerts", &api_alerts);
+
+    // Every valid event crossed the internal topic once; read it whole.
+    let records = rt.block_on(read_all(&bootstrap, &enriched, valid));
+    assert_eq!(records.len(), valid);
+    for r in &records {
+        let text = format!(
+            "{} {:?} {}",
+            r.key.as_deref().unwrap_or_default(),
+            r.headers,
+            String::from_utf8_lossy(&r.payload)
+        );
+        checked.scan(&scanners, true, "internal topic records", &text);
+    }
+    let rejected = rt.block_on(read_all(&bootstrap, &dead_letter, invalid));
+    for r in &rejected {
+        checked.scan(
+            &scanners,
+            false,
+            "dead-letter headers",
+            &format!("{:?}", r.headers),
+        );
+    }
+
+    assert_eq!(sigterm_and_wait(enrich, Duration::from_secs(60)), 0);
+    assert_eq!(sigterm_and_wait(cluster, Duration::from_secs(60)), 0);
+    let alert_records = rt.block_on(async {
+        // The alerts topic holds however many records fired; read what is there.
+        let (_, end) = try_committed_and_end(&bootstrap, "nobody", &alerts, 1).unwrap_or((0, 0));
+        read_all(&bootstrap, &alerts, end as usize).await
+    });
+    assert!(
+        !alert_records.is_empty(),
+        "the campaign alerted through the cluster role"
+    );
+    for r in &alert_records {
+        checked.scan(
+            &scanners,
+            false,
+            "alerts topic",
+            &String::from_utf8_lossy(&r.payload),
+        );
+    }
+    for (role, log) in [("enrich", &enrich_log), ("cluster", &cluster_log)] {
+        let text = read(log);
+        checked.scan(&scanners, false, &format!("{role}: logs (trace)"), &text);
+    }
+    let mut snapshots = 0;
+    for entry in std::fs::read_dir(dir.join("snapshots")).expect("snapshot dir") {
+        let path = entry.expect("entry").path();
+        if path.is_file() {
+            let bytes = std::fs::read(&path).unwrap();
+            snapshots += 1;
+            checked.scan(
+                &scanners,
+                false,
+                "cluster: shard snapshots",
+                &String::from_utf8_lossy(&bytes),
+            );
+        }
+    }
+    assert!(snapshots > 0, "the shards snapshotted");
+    eprintln!(
+        "pii_canaries [scale-out roles]: {} internal records, {} dead-lettered, {} alert \
+         records, {snapshots} snapshot files, {shown} clusters shown; {} outputs checked: {}",
+        records.len(),
+        rejected.len(),
+        alert_records.len(),
+        checked.outputs.len(),
+        checked
+            .outputs
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    checked.assert_clean("scale-out roles");
 }
