@@ -43,6 +43,12 @@ pub struct MultilingualEvalArgs {
     /// Also score the online clusterer (micro-clusters and topics) on the same vectors.
     #[arg(long)]
     pub online: bool,
+    /// With `--online`: score the online clusterer at each of these join thresholds on the same
+    /// vectors (one embedding pass), instead of the kind's configured threshold. Finds the
+    /// threshold of a new embedder: e5's cosines between unrelated requests sit far higher than
+    /// MiniLM's.
+    #[arg(long, value_delimiter = ',')]
+    pub join_thresholds: Vec<f32>,
     /// Seed of k-means and of the online arrival order.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -70,7 +76,8 @@ pub struct EmbedderScores {
     pub kmeans_intent_ami: f64,
     pub kmeans_intent_nmi: f64,
     pub kmeans_language_nmi: f64,
-    pub online: Option<OnlineScores>,
+    /// One entry per join threshold scored (empty without `--online`).
+    pub online: Vec<OnlineScores>,
 }
 
 #[derive(Debug, Clone)]
@@ -167,7 +174,12 @@ pub fn run(args: &MultilingualEvalArgs) -> anyhow::Result<()> {
         if !join_threshold_set {
             settings.cluster.join_threshold = default_threshold(kind);
         }
-        let scores = evaluate(&settings, &set, args.seed, args.online)?;
+        let thresholds = match (args.online, args.join_thresholds.is_empty()) {
+            (false, _) => Vec::new(),
+            (true, true) => vec![settings.cluster.join_threshold],
+            (true, false) => args.join_thresholds.clone(),
+        };
+        let scores = evaluate(&settings, &set, args.seed, &thresholds)?;
         print_scores(name, &scores);
     }
     Ok(())
@@ -196,7 +208,7 @@ fn print_scores(kind: &str, s: &EmbedderScores) {
         verdict(s.kmeans_intent_ami, INTENT_AMI_GOAL, true),
         verdict(s.kmeans_language_nmi, LANGUAGE_NMI_GOAL, false),
     );
-    if let Some(o) = &s.online {
+    for o in &s.online {
         println!(
             "{kind:<12} online, join threshold {:.2}: {} micro-clusters intent AMI {:.4} language NMI {:.4}; {} topics intent AMI {:.4} language NMI {:.4}",
             o.join_threshold,
@@ -210,12 +222,13 @@ fn print_scores(kind: &str, s: &EmbedderScores) {
     }
 }
 
-/// Embeds `set` with `settings.embedder` and scores k-means (and the online clusterer).
+/// Embeds `set` with `settings.embedder` and scores k-means, and the online clusterer at each
+/// of `join_thresholds` (none: k-means only).
 pub fn evaluate(
     settings: &Settings,
     set: &LabelledSet,
     seed: u64,
-    online: bool,
+    join_thresholds: &[f32],
 ) -> anyhow::Result<EmbedderScores> {
     let embedder = crate::embed::from_settings(&settings.embedder, &crate::export::Metrics::new())?;
     let dimension = embedder.dimension();
@@ -231,18 +244,14 @@ pub fn evaluate(
     let clusters = kmeans(&vectors, dimension, set.intent_count, seed, 3, 100)?;
     let by_intent = score(&set.intents, &clusters)?;
     let by_language = score(&set.languages, &clusters)?;
-    let online = if online {
-        Some(online_scores(
-            settings,
-            embedder.id(),
-            &vectors,
-            dimension,
-            set,
-            seed,
-        )?)
-    } else {
-        None
-    };
+    let online = join_thresholds
+        .iter()
+        .map(|&threshold| {
+            let mut settings = settings.clone();
+            settings.cluster.join_threshold = threshold;
+            online_scores(&settings, embedder.id(), &vectors, dimension, set, seed)
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     Ok(EmbedderScores {
         embedder_id: embedder.id().to_string(),
         sentences_per_second,
