@@ -616,6 +616,15 @@ impl Checked {
         }
     }
 
+    /// `output=bytes, …` for the closing report.
+    fn outputs_summary(&self) -> String {
+        self.outputs
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     fn assert_clean(&self, mode: &str) {
         assert!(
             self.leaks.is_empty(),
@@ -916,12 +925,7 @@ fn run_mode(mode: Mode) {
         "pii_canaries [{mode:?}]: {} outputs checked, {} bytes scanned: {}",
         checked.outputs.len(),
         checked.outputs.values().sum::<usize>(),
-        checked
-            .outputs
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(", ")
+        checked.outputs_summary()
     );
     eprintln!(
         "pii_canaries [{mode:?}]: comma-rewritten IPv4s (fake-model artefact, reported \
@@ -1196,17 +1200,7 @@ fn the_scale_out_roles_and_their_internal_topic_carry_no_canary() {
     let invalid = messages.len() - valid;
     assert!(invalid > 0, "invalid lines go to the dead-letter topic");
 
-    let get = |port: u16, path: &str| -> Option<String> {
-        reqwest::blocking::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .build()
-            .ok()?
-            .get(format!("http://127.0.0.1:{port}{path}"))
-            .send()
-            .ok()?
-            .text()
-            .ok()
-    };
+    let get = common::process::http_get;
     let started = Instant::now();
     loop {
         // Summed over its `surface` label.
@@ -1321,12 +1315,7 @@ fn the_scale_out_roles_and_their_internal_topic_carry_no_canary() {
         rejected.len(),
         alert_records.len(),
         checked.outputs.len(),
-        checked
-            .outputs
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(", ")
+        checked.outputs_summary()
     );
     checked.assert_clean("scale-out roles");
 }

@@ -31,17 +31,22 @@ pub fn start_run(config: &Path, log: &Path) -> Child {
         .expect("start clusterwatch run")
 }
 
-/// The value of an unlabelled metric (or the first series of `name{...}` when `name` ends in `{`).
-pub fn metric(port: u16, name: &str) -> Option<f64> {
-    let body = reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(2))
+/// The body of `GET http://127.0.0.1:<port><path>`, or `None` while the process is not serving.
+pub fn http_get(port: u16, path: &str) -> Option<String> {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(5))
         .build()
         .ok()?
-        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .get(format!("http://127.0.0.1:{port}{path}"))
         .send()
         .ok()?
         .text()
-        .ok()?;
+        .ok()
+}
+
+/// The value of an unlabelled metric (or the first series of `name{...}` when `name` ends in `{`).
+pub fn metric(port: u16, name: &str) -> Option<f64> {
+    let body = http_get(port, "/metrics")?;
     body.lines()
         .find(|l| l.starts_with(name) && (name.ends_with('{') || l[name.len()..].starts_with(' ')))
         .and_then(|l| l.rsplit(' ').next())
