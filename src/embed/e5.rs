@@ -260,39 +260,17 @@ impl Embedder for MultilingualE5Embedder {
 
     /// One unit vector per text, in input order; long texts are truncated to `max_tokens`.
     fn embed_batch(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
-        let mut sequences = texts
+        let sequences = texts
             .iter()
             .map(|t| self.token_ids(t))
             .collect::<Result<Vec<_>, _>>()?;
-        let mut order: Vec<usize> = (0..sequences.len()).collect();
-        order.sort_by_key(|&i| std::cmp::Reverse(sequences[i].len()));
-
-        let mut out = vec![Vec::new(); texts.len()];
-        let mut start = 0;
-        while start < order.len() {
-            let longest = sequences[order[start]].len().max(1);
-            let take = (SUB_BATCH_TOKENS / longest)
-                .clamp(1, MAX_SUB_BATCH)
-                .min(order.len() - start);
-            let chunk = &order[start..start + take];
-            start += take;
-            let sub: Vec<Vec<u32>> = chunk
-                .iter()
-                .map(|&i| std::mem::take(&mut sequences[i]))
-                .collect();
-            let vectors = self.forward(&sub)?;
-            if vectors.len() != chunk.len() {
-                return Err(EmbedError::Inference(format!(
-                    "model returned {} vectors for {} texts",
-                    vectors.len(),
-                    chunk.len()
-                )));
-            }
-            for (&i, v) in chunk.iter().zip(vectors) {
-                out[i] = v;
-            }
-        }
-        Ok(out)
+        super::batching::embed_length_sorted(
+            sequences,
+            Vec::len,
+            SUB_BATCH_TOKENS,
+            MAX_SUB_BATCH,
+            |sub| self.forward(&sub),
+        )
     }
 }
 

@@ -273,44 +273,22 @@ impl Embedder for MiniLmEmbedder {
             return Ok(Vec::new());
         }
         let inputs: Vec<&str> = texts.iter().map(String::as_str).collect();
-        let mut encodings = self
+        let encodings = self
             .tokenizer
             .encode_batch_fast(inputs, true)
             .map_err(|e| EmbedError::Tokenizer(e.to_string()))?;
-
         // Longest first, so each sub-batch pads to a length close to that of all its members.
-        let mut order: Vec<usize> = (0..encodings.len()).collect();
-        order.sort_by_key(|&i| std::cmp::Reverse(encodings[i].len()));
-
-        let mut out: Vec<Vec<f32>> = vec![Vec::new(); texts.len()];
-        let mut start = 0;
-        while start < order.len() {
-            let longest = encodings[order[start]].len().max(1);
-            let take = (SUB_BATCH_TOKENS / longest)
-                .clamp(1, MAX_SUB_BATCH)
-                .min(order.len() - start);
-            let chunk = &order[start..start + take];
-            start += take;
-
-            let mut sub: Vec<Encoding> = chunk
-                .iter()
-                .map(|&i| std::mem::take(&mut encodings[i]))
-                .collect();
-            pad_encodings(&mut sub, &self.padding)
-                .map_err(|e| EmbedError::Tokenizer(e.to_string()))?;
-            let vectors = self.forward_padded(&sub)?;
-            if vectors.len() != chunk.len() {
-                return Err(EmbedError::Inference(format!(
-                    "model returned {} vectors for {} texts",
-                    vectors.len(),
-                    chunk.len()
-                )));
-            }
-            for (&i, v) in chunk.iter().zip(vectors) {
-                out[i] = v;
-            }
-        }
-        Ok(out)
+        super::batching::embed_length_sorted(
+            encodings,
+            Encoding::len,
+            SUB_BATCH_TOKENS,
+            MAX_SUB_BATCH,
+            |mut sub| {
+                pad_encodings(&mut sub, &self.padding)
+                    .map_err(|e| EmbedError::Tokenizer(e.to_string()))?;
+                self.forward_padded(&sub)
+            },
+        )
     }
 }
 

@@ -8,6 +8,7 @@
 //! [`http`] calls an embedding service. [`hashing`] is a dependency-free feature-hashing embedder
 //! for unit tests.
 
+pub mod batching;
 pub mod distill;
 pub mod e5;
 pub mod e5_file;
