@@ -66,7 +66,23 @@ impl Settings {
                 settings.cluster.join_threshold = t;
             }
         }
+        settings.validate()?;
         Ok(settings)
+    }
+
+    /// Settings that parse but cannot work together.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let h = &self.cluster.hierarchy;
+        if h.apply_after_events >= h.rebuild_every_events.max(1) {
+            anyhow::bail!(
+                "invalid configuration: cluster.hierarchy.apply_after_events ({}) must be below \
+                 cluster.hierarchy.rebuild_every_events ({}): a rebuild is applied before the \
+                 next one starts",
+                h.apply_after_events,
+                h.rebuild_every_events
+            );
+        }
+        Ok(())
     }
 }
 
@@ -336,6 +352,11 @@ pub struct HierarchySettings {
     /// The topic level is rebuilt every this many clustered events (a count, not a time, so a
     /// replay rebuilds at the same points). 10000.
     pub rebuild_every_events: u64,
+    /// A rebuild runs on a thread of its own and is applied this many clustered events after
+    /// its rebuild point, so the cluster stage does not stop for it; it waits there only if the
+    /// build is still running. A count, so a replay applies it at the same event. 0 rebuilds
+    /// inline. Must be below `rebuild_every_events`. 2000.
+    pub apply_after_events: u64,
 }
 
 impl Default for HierarchySettings {
@@ -346,6 +367,7 @@ impl Default for HierarchySettings {
             refine_rounds: 5,
             center: true,
             rebuild_every_events: 10_000,
+            apply_after_events: 2_000,
         }
     }
 }
@@ -808,6 +830,24 @@ mod tests {
         figment::Jail::expect_with(|jail| {
             jail.create_file("c.toml", "[cluster]\njoin_treshold = 0.5\n")?;
             assert!(Settings::load(Some(Path::new("c.toml"))).is_err());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_hierarchy_applied_after_the_next_rebuild_point_is_refused() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "c.toml",
+                "[cluster.hierarchy]\nrebuild_every_events = 500\napply_after_events = 500\n",
+            )?;
+            let err = Settings::load(Some(Path::new("c.toml"))).unwrap_err();
+            assert!(err.to_string().contains("apply_after_events"), "{err}");
+            jail.create_file(
+                "c.toml",
+                "[cluster.hierarchy]\nrebuild_every_events = 500\napply_after_events = 0\n",
+            )?;
+            assert!(Settings::load(Some(Path::new("c.toml"))).is_ok());
             Ok(())
         });
     }

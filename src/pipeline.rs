@@ -163,6 +163,7 @@ impl Pipeline {
         mut self,
         input: mpsc::Receiver<RawMessage>,
     ) -> anyhow::Result<PipelineReport> {
+        self.settings.validate()?;
         let capacity = self.settings.pipeline.channel_capacity.max(1);
         let (summarized_tx, summarized_rx) = mpsc::channel::<Work>(capacity);
         let (embedded_tx, embedded_rx) = mpsc::channel::<Embedded>(capacity);
@@ -1041,11 +1042,16 @@ fn cluster_stage(
             labels_refused_seen = detector.labels_refused();
         }
 
-        if state.topics_due() {
-            let started = Instant::now();
-            state.rebuild_hierarchy();
-            metrics.observe_stage("hierarchy", started.elapsed().as_secs_f64());
+        // A rebuild applied at this count first, so one due at the same count starts from it.
+        if let Some(took) = state.apply_due_hierarchy() {
+            metrics.observe_stage("hierarchy", took);
             update_gauges(shard, &state, &detector, &gate, &metrics);
+        }
+        if state.topics_due() {
+            if let Some(took) = state.start_hierarchy_rebuild() {
+                metrics.observe_stage("hierarchy", took);
+                update_gauges(shard, &state, &detector, &gate, &metrics);
+            }
         }
         if let Some(sink) = outputs.assignments.as_mut() {
             sink.write(&AssignmentRecord {

@@ -75,6 +75,7 @@ fn build_fixture() -> Fixture {
     // Topics and domains are rebuilt several times in this short stream, so the drill-down has
     // levels to drill into (and clusters born since the last rebuild sit under "unassigned").
     settings.cluster.hierarchy.rebuild_every_events = 400;
+    settings.cluster.hierarchy.apply_after_events = 100;
     // 1200 organic requests spread over hundreds of intents: at the production gate (25 accounts)
     // only the campaign would be visible. A lower gate gives the map a few dozen clusters while
     // singletons and pairs stay hidden, which is all this test needs of the gate

@@ -382,6 +382,7 @@ async fn clusters_topics_and_domains_get_contrastive_llm_names_that_passed_both_
     settings.llm.name_clusters = true;
     settings.llm.audit_labels = true;
     settings.cluster.hierarchy.rebuild_every_events = 500;
+    settings.cluster.hierarchy.apply_after_events = 100;
     // Small gates so the organic clusters of this short stream are visible too.
     settings.privacy.min_accounts = 5;
     settings.privacy.min_conversations = 5;

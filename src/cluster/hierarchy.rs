@@ -6,11 +6,19 @@
 //! group centroid (weighted k-means seeded by that pass). Largest-first makes the result depend on
 //! the state, not on arrival order, and weighting by conversations keeps one big cluster from
 //! being outvoted by a cloud of singletons.
+//!
+//! A rebuild reads a copy of what it needs ([`HierarchyInputs`]) and returns a [`HierarchyBuild`],
+//! so it can run on its own thread (`hierarchy_job.rs`) while the cluster stage goes on.
 
 use std::collections::BTreeMap;
 
+use serde::{Deserialize, Serialize};
+
+use super::ctfidf::{ClassTerms, TermWeights};
 use super::index::{better_of, dot};
+use super::micro::ReservoirItem;
 use super::ClusterId;
+use crate::config::HierarchySettings;
 
 /// One item of a level: an id, its unit centroid, and its weight (conversations).
 pub struct LevelItem<'a> {
@@ -179,6 +187,124 @@ impl TopicTracker {
             .map(|(id, group)| (*id, id_of_group[group]))
             .collect();
         self.rebuilds += 1;
+    }
+}
+
+/// What a hierarchy rebuild reads from the cluster state, copied out at the rebuild point so
+/// the build can run on another thread while the cluster stage goes on.
+pub struct HierarchyInputs {
+    pub settings: HierarchySettings,
+    pub dimension: usize,
+    /// Live micro-clusters in id order: their (centred) unit vector, weight (conversations) and
+    /// reservoir of summaries (for the c-TF-IDF labels).
+    pub members: Vec<HierarchyMember>,
+    /// The levels as of the previous rebuild, whose ids the new groups inherit.
+    pub topics: TopicTracker,
+    pub domains: TopicTracker,
+}
+
+pub struct HierarchyMember {
+    pub id: ClusterId,
+    pub vector: Vec<f32>,
+    pub weight: f64,
+    pub reservoir: Vec<ReservoirItem>,
+}
+
+/// The result of one rebuild: both levels, the term weights fitted over the topics, and the
+/// candidate labels they gave. A function of [`HierarchyInputs`] alone, so a replay (or a
+/// restart from a snapshot holding a finished build) applies exactly the same hierarchy.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct HierarchyBuild {
+    pub topics: TopicTracker,
+    pub domains: TopicTracker,
+    pub term_weights: TermWeights,
+    pub topic_labels: BTreeMap<u64, String>,
+    pub domain_labels: BTreeMap<u64, String>,
+    /// Seconds the build took (reported as the `hierarchy` stage; not part of the result).
+    #[serde(skip)]
+    pub took_secs: f64,
+}
+
+impl HierarchyInputs {
+    /// Rebuilds topics (groups of micro-clusters) and domains (groups of topics), carrying ids
+    /// over from the previous rebuild, then refits c-TF-IDF over the topics and labels every
+    /// topic and domain.
+    pub fn build(self) -> HierarchyBuild {
+        let started = std::time::Instant::now();
+        let HierarchyInputs {
+            settings: h,
+            dimension,
+            members,
+            mut topics,
+            mut domains,
+        } = self;
+        let items: Vec<LevelItem<'_>> = members
+            .iter()
+            .map(|m| LevelItem {
+                id: m.id,
+                centroid: &m.vector,
+                weight: m.weight,
+            })
+            .collect();
+        topics.rebuild(&items, h.topic_threshold, h.refine_rounds);
+
+        // Topic centroids: the conversation-weighted mean of their micro-clusters' centroids.
+        let mut topic_sums: BTreeMap<u64, (Vec<f64>, f64)> = BTreeMap::new();
+        let mut topic_terms: BTreeMap<u64, ClassTerms> = BTreeMap::new();
+        for m in &members {
+            let Some(topic) = topics.topic_of(m.id) else {
+                continue;
+            };
+            let (sum, weight) = topic_sums
+                .entry(topic)
+                .or_insert_with(|| (vec![0.0; dimension], 0.0));
+            for (s, x) in sum.iter_mut().zip(&m.vector) {
+                *s += m.weight * f64::from(*x);
+            }
+            *weight += m.weight;
+            let terms = topic_terms.entry(topic).or_default();
+            m.reservoir.iter().for_each(|item| terms.add(item));
+        }
+        let topic_centroids: Vec<(u64, Vec<f32>, f64)> = topic_sums
+            .into_iter()
+            .map(|(id, (sum, weight))| (id, unit(&sum), weight))
+            .collect();
+        let topic_items: Vec<LevelItem<'_>> = topic_centroids
+            .iter()
+            .map(|(id, centroid, weight)| LevelItem {
+                id: *id,
+                centroid,
+                weight: *weight,
+            })
+            .collect();
+        domains.rebuild(&topic_items, h.domain_threshold, h.refine_rounds);
+
+        let classes: Vec<ClassTerms> = topic_terms.into_values().collect();
+        let term_weights = TermWeights::fit(&classes);
+        let topic_labels = topic_centroids
+            .iter()
+            .zip(&classes)
+            .map(|((id, _, _), class)| (*id, term_weights.label(class)))
+            .collect();
+        let mut domain_terms: BTreeMap<u64, ClassTerms> = BTreeMap::new();
+        for m in &members {
+            if let Some(domain) = topics.topic_of(m.id).and_then(|t| domains.topic_of(t)) {
+                let terms = domain_terms.entry(domain).or_default();
+                m.reservoir.iter().for_each(|item| terms.add(item));
+            }
+        }
+        let domain_labels = domain_terms
+            .iter()
+            .map(|(id, class)| (*id, term_weights.label(class)))
+            .collect();
+        HierarchyBuild {
+            topics,
+            domains,
+            term_weights,
+            topic_labels,
+            domain_labels,
+            took_secs: started.elapsed().as_secs_f64(),
+        }
     }
 }
 

@@ -10,6 +10,7 @@ pub mod ctfidf;
 pub mod dedup;
 pub mod distinct;
 pub mod hierarchy;
+pub mod hierarchy_job;
 pub mod index;
 pub mod lifecycle;
 pub mod micro;

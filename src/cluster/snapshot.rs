@@ -27,7 +27,7 @@ use super::ClusterId;
 
 const MAGIC: &[u8; 8] = b"CWSNAP\0\0";
 /// Bumped whenever [`SnapshotBody`] changes shape; older files are refused with a clear error.
-pub const FORMAT_VERSION: u32 = 4;
+pub const FORMAT_VERSION: u32 = 5;
 
 /// Everything cluster state needs to continue where it stopped.
 #[derive(Debug, Serialize, Deserialize)]
@@ -51,6 +51,9 @@ pub struct SnapshotBody {
     /// they are handed on at the next maintenance pass, which after a restart is this one's.
     #[serde(with = "as_json")]
     pub pending_lifecycle: Vec<super::lifecycle::LifecycleEvent>,
+    /// A hierarchy rebuild started before the cut and applied after it, finished, with the
+    /// event count at which it applies (see `hierarchy_job.rs`).
+    pub pending_hierarchy: Option<super::hierarchy_job::PendingHierarchySnapshot>,
     /// The detectors' memory at the same cut (`None` in snapshots taken without detectors).
     #[serde(with = "as_json")]
     pub detector: Option<crate::detect::DetectorSnapshot>,
@@ -206,6 +209,7 @@ mod tests {
             moved: vec![4],
             account_history: crate::cluster::accounts::AccountHistory::new(3600),
             pending_lifecycle: Vec::new(),
+            pending_hierarchy: None,
             detector: None,
             source_topic: "t".into(),
             offsets: BTreeMap::from([(0, 10), (3, 99)]),

@@ -120,6 +120,10 @@ impl Snapshotter {
         if self.since_last < self.every_events && self.last_taken.elapsed() < self.interval {
             return;
         }
+        // The snapshot would wait for the background rebuild to carry it: try at a later event.
+        if state.hierarchy_in_flight() {
+            return;
+        }
         self.snapshot_now(state, detector);
     }
 

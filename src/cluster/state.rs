@@ -13,8 +13,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::clock::EventClock;
 use super::ctfidf::{ClassTerms, TermWeights};
+use super::hierarchy_job::PendingHierarchy;
 use super::dedup::SeenConversations;
-use super::hierarchy::{LevelItem, TopicTracker};
+use super::hierarchy::{HierarchyBuild, HierarchyInputs, HierarchyMember, LevelItem, TopicTracker};
 use super::index::{better_of, dot, CentroidIndex, ExactScanIndex, HnswIndex};
 use super::lifecycle::{LifecycleEvent, LifecycleKind};
 use super::micro::{MicroCluster, ReservoirItem};
@@ -94,6 +95,9 @@ pub struct ClusterState {
     names: NameBook,
     /// Labels are shown only once an LLM has named or audited them ([`Self::with_llm_labels`]).
     llm_labels: bool,
+    /// A hierarchy rebuild running beside the cluster stage, applied at a fixed later event
+    /// count (see `hierarchy_job.rs`).
+    pending_hierarchy: Option<PendingHierarchy>,
 }
 
 /// Joins kept for detection windows unless the pipeline says otherwise: an hour.
@@ -234,6 +238,7 @@ impl ClusterState {
             join_window_ms: DEFAULT_JOIN_WINDOW_MS,
             names: NameBook::default(),
             llm_labels: false,
+            pending_hierarchy: None,
         }
     }
 
@@ -301,6 +306,10 @@ impl ClusterState {
             moved: self.moved.iter().copied().collect(),
             account_history: self.account_history.clone(),
             pending_lifecycle: self.lifecycle.clone(),
+            pending_hierarchy: self
+                .pending_hierarchy
+                .as_ref()
+                .map(PendingHierarchy::to_snapshot),
             detector: None,
             source_topic: source_topic.to_string(),
             offsets,
@@ -343,6 +352,7 @@ impl ClusterState {
         state.moved = body.moved.into_iter().collect();
         state.account_history = body.account_history;
         state.lifecycle = body.pending_lifecycle;
+        state.pending_hierarchy = body.pending_hierarchy.map(PendingHierarchy::restored);
         Ok(state)
     }
 
@@ -694,78 +704,93 @@ impl ClusterState {
         self.clock.set_owned(owned);
     }
 
-    /// Rebuilds the levels above micro-clusters: topics (groups of micro-clusters) and domains
-    /// (groups of topics), each carrying its ids over from the previous rebuild, then refits the
-    /// c-TF-IDF term weights over the topics and labels every topic and domain.
+    /// Rebuilds the levels above micro-clusters now, on this thread: topics (groups of
+    /// micro-clusters) and domains (groups of topics), each carrying its ids over from the
+    /// previous rebuild, then the c-TF-IDF term weights and labels. For batch evaluation; the
+    /// live cluster stage uses [`Self::start_hierarchy_rebuild`].
     pub fn rebuild_hierarchy(&mut self) {
-        let h = self.settings.hierarchy.clone();
-        let vectors = self.hierarchy_vectors();
-        let items: Vec<LevelItem<'_>> = vectors
-            .iter()
-            .map(|(id, v, w)| LevelItem {
-                id: *id,
-                centroid: v,
-                weight: *w,
-            })
-            .collect();
-        self.topics
-            .rebuild(&items, h.topic_threshold, h.refine_rounds);
-        let vector_of: BTreeMap<ClusterId, &[f32]> = vectors
-            .iter()
-            .map(|(id, v, _)| (*id, v.as_slice()))
-            .collect();
-
-        // Topic centroids: the conversation-weighted mean of their micro-clusters' centroids.
-        let mut topic_sums: BTreeMap<u64, (Vec<f64>, f64)> = BTreeMap::new();
-        let mut topic_terms: BTreeMap<u64, ClassTerms> = BTreeMap::new();
-        for c in self.clusters.values() {
-            let Some(topic) = self.topics.topic_of(c.id) else {
-                continue;
-            };
-            let (sum, weight) = topic_sums
-                .entry(topic)
-                .or_insert_with(|| (vec![0.0; self.dimension], 0.0));
-            for (s, x) in sum.iter_mut().zip(vector_of[&c.id]) {
-                *s += c.count as f64 * f64::from(*x);
-            }
-            *weight += c.count as f64;
-            let terms = topic_terms.entry(topic).or_default();
-            c.reservoir.items().iter().for_each(|item| terms.add(item));
+        if let Some(pending) = self.pending_hierarchy.take() {
+            self.apply_hierarchy(pending.finish());
         }
-        let topic_centroids: Vec<(u64, Vec<f32>, f64)> = topic_sums
+        let build = self.hierarchy_inputs().build();
+        self.apply_hierarchy(build);
+    }
+
+    /// Starts the rebuild due at this event count (see [`Self::topics_due`]) on a thread of its
+    /// own; [`Self::apply_due_hierarchy`] applies it `apply_after_events` events later. With
+    /// `apply_after_events = 0` it is built and applied here. Returns the build's duration in
+    /// seconds if it was applied now.
+    pub fn start_hierarchy_rebuild(&mut self) -> Option<f64> {
+        if self.pending_hierarchy.is_some() {
+            // Already started at this count (the event was a duplicate and did not advance it).
+            return None;
+        }
+        let delay = self.settings.hierarchy.apply_after_events;
+        let inputs = self.hierarchy_inputs();
+        if delay == 0 {
+            let build = inputs.build();
+            let took = build.took_secs;
+            self.apply_hierarchy(build);
+            return Some(took);
+        }
+        self.pending_hierarchy = Some(PendingHierarchy::start(
+            inputs,
+            self.clustered_events + delay,
+        ));
+        None
+    }
+
+    /// Applies the background rebuild if this event count is its application point, waiting for
+    /// it to finish if it has not. Returns the build's duration in seconds if one was applied.
+    pub fn apply_due_hierarchy(&mut self) -> Option<f64> {
+        let due = self
+            .pending_hierarchy
+            .as_ref()
+            .is_some_and(|p| p.apply_at() <= self.clustered_events);
+        if !due {
+            return None;
+        }
+        let build = self.pending_hierarchy.take()?.finish();
+        let took = build.took_secs;
+        self.apply_hierarchy(build);
+        Some(took)
+    }
+
+    /// Whether a background rebuild is still running: a snapshot now would wait for it, so the
+    /// periodic snapshot waits for the next event instead.
+    pub fn hierarchy_in_flight(&self) -> bool {
+        self.pending_hierarchy
+            .as_ref()
+            .is_some_and(PendingHierarchy::in_flight)
+    }
+
+    /// What a rebuild reads, copied out of the state.
+    fn hierarchy_inputs(&self) -> HierarchyInputs {
+        let members = self
+            .hierarchy_vectors()
             .into_iter()
-            .map(|(id, (sum, weight))| (id, super::hierarchy::unit(&sum), weight))
-            .collect();
-        let topic_items: Vec<LevelItem<'_>> = topic_centroids
-            .iter()
-            .map(|(id, centroid, weight)| LevelItem {
-                id: *id,
-                centroid,
-                weight: *weight,
+            .map(|(id, vector, weight)| HierarchyMember {
+                id,
+                vector,
+                weight,
+                reservoir: self.clusters[&id].reservoir.items().to_vec(),
             })
             .collect();
-        self.domains
-            .rebuild(&topic_items, h.domain_threshold, h.refine_rounds);
-
-        let classes: Vec<ClassTerms> = std::mem::take(&mut topic_terms).into_values().collect();
-        self.term_weights = TermWeights::fit(&classes);
-        let topic_ids: Vec<u64> = topic_centroids.iter().map(|(id, _, _)| *id).collect();
-        self.topic_labels = topic_ids
-            .iter()
-            .zip(&classes)
-            .map(|(id, class)| (*id, self.term_weights.label(class)))
-            .collect();
-        let mut domain_terms: BTreeMap<u64, ClassTerms> = BTreeMap::new();
-        for c in self.clusters.values() {
-            if let Some(domain) = self.domain_of(c.id) {
-                let terms = domain_terms.entry(domain).or_default();
-                c.reservoir.items().iter().for_each(|item| terms.add(item));
-            }
+        HierarchyInputs {
+            settings: self.settings.hierarchy.clone(),
+            dimension: self.dimension,
+            members,
+            topics: self.topics.clone(),
+            domains: self.domains.clone(),
         }
-        self.domain_labels = domain_terms
-            .iter()
-            .map(|(id, class)| (*id, self.term_weights.label(class)))
-            .collect();
+    }
+
+    fn apply_hierarchy(&mut self, build: HierarchyBuild) {
+        self.topics = build.topics;
+        self.domains = build.domains;
+        self.term_weights = build.term_weights;
+        self.topic_labels = build.topic_labels;
+        self.domain_labels = build.domain_labels;
         let (topics, domains) = (&self.topic_labels, &self.domain_labels);
         self.names.retain(|k| match k.level {
             Level::Cluster => true,
@@ -1330,6 +1355,84 @@ pub(crate) mod tests {
             .err()
             .unwrap();
         assert!(err.to_string().contains("--reset-clusters"), "{err}");
+    }
+
+    #[test]
+    fn a_background_rebuild_applies_at_its_event_count_and_survives_a_snapshot_between() {
+        let e = HashingEmbedder::new(64);
+        let settings = |apply_after_events| ClusterSettings {
+            join_threshold: 0.8,
+            maintenance_every_events: 7,
+            hierarchy: crate::config::HierarchySettings {
+                topic_threshold: 0.3,
+                rebuild_every_events: 40,
+                apply_after_events,
+                ..Default::default()
+            },
+            ..ClusterSettings::default()
+        };
+        let texts: Vec<String> = (0..200)
+            .map(|i| format!("ask about subject {} in style {}", i % 13, i % 5))
+            .collect();
+        let vectors = e.embed_batch(&texts).unwrap();
+        // What the cluster stage does per event; returns the topic of every live cluster after it.
+        let step = |s: &mut ClusterState, i: usize| -> Vec<(ClusterId, Option<u64>)> {
+            s.assign(
+                (i % 2) as i32,
+                &meta(&format!("c{i}"), &format!("a{}", i % 23), i as i64 * 60_000),
+                &summary(&texts[i]),
+                &vectors[i],
+            )
+            .unwrap();
+            s.apply_due_hierarchy();
+            if s.topics_due() {
+                s.start_hierarchy_rebuild();
+            }
+            if s.maintenance_due() {
+                s.maintain();
+            }
+            s.clusters().map(|c| (c.id, s.topic_of(c.id))).collect()
+        };
+        let run = |s: &mut ClusterState, range: std::ops::Range<usize>| {
+            range.map(|i| step(s, i)).collect::<Vec<_>>()
+        };
+
+        // Started at 40, nothing changes until 40 + 15 = 55; the rebuild then applied equals the
+        // one an inline rebuild made at 40.
+        let mut background = ClusterState::new(settings(15), 64, e.id());
+        let mut inline = ClusterState::new(settings(0), 64, e.id());
+        let before = run(&mut background, 0..54);
+        run(&mut inline, 0..40);
+        assert!(before[53].iter().all(|(_, t)| t.is_none()), "not applied before 55");
+        assert!(background.pending_hierarchy.is_some());
+        let applied = step(&mut background, 54);
+        assert!(background.pending_hierarchy.is_none());
+        for (id, topic) in &applied {
+            if inline.clusters.contains_key(id) {
+                assert_eq!(*topic, inline.topic_of(*id), "cluster {id}");
+            }
+        }
+        assert!(applied.iter().any(|(_, t)| t.is_some()));
+        assert_eq!(background.topic_labels, inline.topic_labels);
+        assert_eq!(background.domain_labels, inline.domain_labels);
+
+        // A snapshot cut while the rebuild started at 80 is pending carries it: the restored
+        // state applies it at 95 exactly like the original.
+        let mut original = ClusterState::new(settings(15), 64, e.id());
+        run(&mut original, 0..85);
+        assert!(original.pending_hierarchy.is_some());
+        let bytes = crate::cluster::snapshot::encode(&original.to_snapshot("t", Default::default()));
+        let body = crate::cluster::snapshot::decode(&bytes, std::path::Path::new("s")).unwrap();
+        assert!(body.pending_hierarchy.is_some());
+        let mut restored = ClusterState::from_snapshot(settings(15), body, 64, e.id()).unwrap();
+        for s in [&mut original, &mut restored] {
+            run(s, 85..94);
+            assert_eq!(s.topics.rebuilds(), 1, "the one started at 80 is not applied yet");
+            step(s, 94);
+            assert_eq!(s.topics.rebuilds(), 2, "applied at 95");
+        }
+        assert_eq!(run(&mut original, 95..200), run(&mut restored, 95..200));
+        assert_eq!(original.topic_labels, restored.topic_labels);
     }
 
     #[test]
