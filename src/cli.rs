@@ -138,6 +138,9 @@ pub enum BenchCommand {
     /// Events/s of the cluster stage per index at 1k/10k/20k live clusters, BERTopic online on
     /// the same vectors, and peak RSS over long streams.
     Clustering(crate::bench::clustering::ClusteringBenchArgs),
+    /// Sentences/s of every embedder with 1 and 2 worker threads, and its CLINC150/Banking77
+    /// topic AMI/NMI through the online clusterer next to batch k-means on the same vectors.
+    Embed(crate::bench::embed::EmbedBenchArgs),
     /// End to end from a real Kafka broker to alerts, per embedder: events/s sustained, p50/p99
     /// event→cluster latency, stage time shares, peak RSS of a `clusterwatch run` child.
     Pipeline(crate::bench::pipeline::PipelineBenchArgs),
@@ -240,6 +243,11 @@ pub async fn main() -> ExitCode {
         Command::Model(ModelCommand::Codebook(args)) => codebook(args).await,
         Command::Bench(BenchCommand::Clustering(args)) => {
             tokio::task::spawn_blocking(move || crate::bench::clustering::run(&args))
+                .await
+                .unwrap_or_else(|e| Err(anyhow::anyhow!("bench panicked: {e}")))
+        }
+        Command::Bench(BenchCommand::Embed(args)) => {
+            tokio::task::spawn_blocking(move || crate::bench::embed::run(&args))
                 .await
                 .unwrap_or_else(|e| Err(anyhow::anyhow!("bench panicked: {e}")))
         }

@@ -1,5 +1,5 @@
 //! `clusterwatch bench pipeline` and `clusterwatch bench soak` on tiny inputs against the real
-//! Kafka broker, so the commands behind the published end-to-end figures cannot rot: each runs
+//! Kafka broker, and `clusterwatch bench embed` on a slice of the quality sets, so the commands behind the published end-to-end figures cannot rot: each runs
 //! the real binary (which runs a real `clusterwatch run` child), and the figures it writes are
 //! checked for consistency — every produced event processed and committed, latency observed
 //! through the pipeline's own histogram, samples taken. Speed itself is never asserted.
@@ -11,11 +11,17 @@ use std::process::Command;
 use common::*;
 
 fn bench(args: &[&str], json_out: &std::path::Path) -> serde_json::Value {
+    let bootstrap = kafka_bootstrap();
+    let mut with_broker = args.to_vec();
+    with_broker.extend(["--bootstrap", bootstrap.as_str()]);
+    bench_offline(&with_broker, json_out)
+}
+
+/// Runs `clusterwatch bench <args> --json-out <json_out>` and returns the JSON it wrote.
+fn bench_offline(args: &[&str], json_out: &std::path::Path) -> serde_json::Value {
     let out = Command::new(env!("CARGO_BIN_EXE_clusterwatch"))
         .arg("bench")
         .args(args)
-        .arg("--bootstrap")
-        .arg(kafka_bootstrap())
         .arg("--json-out")
         .arg(json_out)
         .env("CLUSTERWATCH_LOG", "warn")
@@ -150,4 +156,72 @@ fn bench_soak_samples_over_time_and_drains_without_losing_events() {
     );
     assert!(u(&report["latency_events"]) > 0);
     assert!(f(&report["p50_seconds"]) <= f(&report["p99_seconds"]));
+}
+
+#[test]
+fn bench_embed_measures_speed_per_thread_count_and_quality_per_set() {
+    let dir = tempfile::tempdir().unwrap();
+    // Slices of the real sets (the full ones are the published figures' job).
+    let slice = |name: &str, source: &str| {
+        let text = std::fs::read_to_string(source).expect("the bundled quality set");
+        let path = dir.path().join(name);
+        let lines: Vec<&str> = text.lines().take(300).collect();
+        std::fs::write(&path, lines.join("\n")).unwrap();
+        path
+    };
+    let clinc = slice("clinc.jsonl", "../shared/data/clinc150/test.jsonl");
+    let banking = slice("banking.jsonl", "../shared/data/banking77/test.jsonl");
+    let json = dir.path().join("embed.json");
+    let cache = dir.path().join("vectors");
+    let report = bench_offline(
+        &[
+            "embed",
+            "--embedders",
+            "hashing,static,http",
+            "--seconds",
+            "0.3",
+            "--clinc150",
+            clinc.to_str().unwrap(),
+            "--banking77",
+            banking.to_str().unwrap(),
+            "--vector-cache",
+            cache.to_str().unwrap(),
+        ],
+        &json,
+    );
+    let embedders = report["embedders"].as_array().unwrap();
+    let kinds: Vec<&str> = embedders
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["hashing", "static"]);
+    assert_eq!(report["skipped"][0][0], "http", "no service to embed with");
+    for e in embedders {
+        let speeds = e["sentences_per_second"].as_array().unwrap();
+        assert_eq!(
+            speeds.iter().map(|s| u(&s[0])).collect::<Vec<_>>(),
+            [1, 2],
+            "{e}"
+        );
+        assert!(speeds.iter().all(|s| f(&s[1]) > 0.0), "{e}");
+        let quality = e["quality"].as_array().unwrap();
+        let sets: Vec<&str> = quality.iter().map(|q| q["set"].as_str().unwrap()).collect();
+        assert_eq!(sets, ["CLINC150", "Banking77"]);
+        for q in quality {
+            assert_eq!(u(&q["texts"]), 300, "{q}");
+            for key in ["topic_ami", "topic_nmi", "kmeans_ami", "kmeans_nmi"] {
+                let v = f(&q[key]);
+                assert!((-1.0..=1.0).contains(&v), "{key} {v}");
+            }
+            assert!(u(&q["topics"]) > 1, "{q}");
+        }
+    }
+    // The distilled model knows what words mean; feature hashing only which words occur.
+    let clinc_ami = |i: usize| f(&embedders[i]["quality"][0]["topic_ami"]);
+    assert!(
+        clinc_ami(1) > clinc_ami(0),
+        "static {} vs hashing {}",
+        clinc_ami(1),
+        clinc_ami(0)
+    );
 }

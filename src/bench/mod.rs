@@ -2,6 +2,7 @@
 //! are measured in a release build on the machine at hand, with a baseline in the same run.
 
 pub mod clustering;
+pub mod embed;
 pub mod kafka_run;
 pub mod pipeline;
 pub mod soak;

@@ -88,7 +88,11 @@ impl PendingHierarchy {
     /// The finished build, waiting for it if needed.
     pub fn finish(self) -> HierarchyBuild {
         self.settle();
-        match self.build.into_inner().unwrap_or_else(PoisonError::into_inner) {
+        match self
+            .build
+            .into_inner()
+            .unwrap_or_else(PoisonError::into_inner)
+        {
             Build::Ready(build) => build,
             Build::Running(_) | Build::Taken => unreachable!("settled above"),
         }

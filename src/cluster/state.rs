@@ -13,9 +13,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::clock::EventClock;
 use super::ctfidf::{ClassTerms, TermWeights};
-use super::hierarchy_job::PendingHierarchy;
 use super::dedup::SeenConversations;
 use super::hierarchy::{HierarchyBuild, HierarchyInputs, HierarchyMember, LevelItem, TopicTracker};
+use super::hierarchy_job::PendingHierarchy;
 use super::index::{better_of, dot, CentroidIndex, ExactScanIndex, HnswIndex};
 use super::lifecycle::{LifecycleEvent, LifecycleKind};
 use super::micro::{MicroCluster, ReservoirItem};
@@ -1403,7 +1403,10 @@ pub(crate) mod tests {
         let mut inline = ClusterState::new(settings(0), 64, e.id());
         let before = run(&mut background, 0..54);
         run(&mut inline, 0..40);
-        assert!(before[53].iter().all(|(_, t)| t.is_none()), "not applied before 55");
+        assert!(
+            before[53].iter().all(|(_, t)| t.is_none()),
+            "not applied before 55"
+        );
         assert!(background.pending_hierarchy.is_some());
         let applied = step(&mut background, 54);
         assert!(background.pending_hierarchy.is_none());
@@ -1421,13 +1424,18 @@ pub(crate) mod tests {
         let mut original = ClusterState::new(settings(15), 64, e.id());
         run(&mut original, 0..85);
         assert!(original.pending_hierarchy.is_some());
-        let bytes = crate::cluster::snapshot::encode(&original.to_snapshot("t", Default::default()));
+        let bytes =
+            crate::cluster::snapshot::encode(&original.to_snapshot("t", Default::default()));
         let body = crate::cluster::snapshot::decode(&bytes, std::path::Path::new("s")).unwrap();
         assert!(body.pending_hierarchy.is_some());
         let mut restored = ClusterState::from_snapshot(settings(15), body, 64, e.id()).unwrap();
         for s in [&mut original, &mut restored] {
             run(s, 85..94);
-            assert_eq!(s.topics.rebuilds(), 1, "the one started at 80 is not applied yet");
+            assert_eq!(
+                s.topics.rebuilds(),
+                1,
+                "the one started at 80 is not applied yet"
+            );
             step(s, 94);
             assert_eq!(s.topics.rebuilds(), 2, "applied at 95");
         }

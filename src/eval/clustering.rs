@@ -12,18 +12,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::time::Instant;
 
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
-
 use super::kmeans::kmeans;
 use super::metrics::{score, ClusteringScores};
+use super::online::cluster_online;
 use crate::cluster::hierarchy::agglomerate;
 use crate::cluster::index::{CentroidIndex, ExactScanIndex, HnswIndex};
-use crate::cluster::lifecycle::LifecycleKind;
-use crate::cluster::{Assignment, ClusterState};
+use crate::cluster::ClusterState;
 use crate::config::Settings;
-use crate::event::EventMeta;
-use crate::summarize::Summary;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ClusteringEvalArgs {
@@ -58,33 +53,12 @@ struct LabelledLine {
 
 pub fn run(args: &ClusteringEvalArgs) -> anyhow::Result<()> {
     let settings = Settings::load(args.config.as_deref())?;
-    let raw = std::fs::read_to_string(&args.input)
-        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", args.input.display()))?;
-    let mut texts = Vec::new();
-    let mut label_names = Vec::new();
-    for (n, line) in raw.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let item: LabelledLine = serde_json::from_str(line)
-            .map_err(|e| anyhow::anyhow!("{}:{}: {e}", args.input.display(), n + 1))?;
-        if args.exclude_labels.contains(&item.label) {
-            continue;
-        }
-        texts.push(item.text);
-        label_names.push(item.label);
-    }
-    anyhow::ensure!(
-        !texts.is_empty(),
-        "no labelled lines in {}",
-        args.input.display()
-    );
-    let mut label_ids: BTreeMap<&str, u32> = BTreeMap::new();
-    for name in &label_names {
-        let next = label_ids.len() as u32;
-        label_ids.entry(name.as_str()).or_insert(next);
-    }
-    let labels: Vec<u32> = label_names.iter().map(|n| label_ids[n.as_str()]).collect();
+    let LabelledTexts {
+        texts,
+        labels,
+        label_names,
+        label_count,
+    } = read_labelled(&args.input, &args.exclude_labels)?;
     let domains = match &args.domains {
         Some(path) => Some(domain_labels(path, &label_names)?),
         None => None,
@@ -94,67 +68,19 @@ pub fn run(args: &ClusteringEvalArgs) -> anyhow::Result<()> {
     let dimension = embedder.dimension();
     let vectors = embed_cached(&*embedder, &texts, &args.input, &args.vector_cache)?;
 
-    // Arrival order: shuffled, seeded.
-    let mut order: Vec<usize> = (0..texts.len()).collect();
-    order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(args.seed));
-    let row = |i: usize| &vectors[i * dimension..(i + 1) * dimension];
-
-    let mut state = ClusterState::new(settings.cluster.clone(), dimension, embedder.id());
-    let mut micro = vec![0u64; texts.len()];
-    let mut merged_into: HashMap<u64, u64> = HashMap::new();
-    let summary = Summary {
-        request: String::new(),
-        task: "other".into(),
-        language: "en".into(),
-        concern: 1,
-        refused: false,
-    };
-    let started = Instant::now();
-    for (arrival, &i) in order.iter().enumerate() {
-        let meta = EventMeta {
-            conversation_id: String::new(),
-            conversation_key: arrival as u64 + 1,
-            account_key: arrival as u64 + 1,
-            org_key: None,
-            event_time_ms: 1_800_000_000_000 + arrival as i64 * 1000,
-            surface: "chat".into(),
-            classifier_flagged: false,
-            template: 0,
-            restricted_account: None,
-        };
-        micro[i] = match state.assign(0, &meta, &summary, row(i))? {
-            Assignment::Founded { cluster_id } | Assignment::Joined { cluster_id, .. } => {
-                cluster_id
-            }
-            Assignment::Duplicate => anyhow::bail!("eval conversation keys are unique"),
-        };
-        // Maintenance as the pipeline runs it: merges of converged clusters (and archiving,
-        // which the eval's hour of event time never triggers).
-        if state.maintenance_due() {
-            for event in state.maintain() {
-                if let (LifecycleKind::Merged, Some(into)) = (event.event, event.into) {
-                    merged_into.insert(event.cluster_id, into);
-                }
-            }
-        }
-    }
-    let online_seconds = started.elapsed().as_secs_f64();
-    for event in state.maintain() {
-        if let (LifecycleKind::Merged, Some(into)) = (event.event, event.into) {
-            merged_into.insert(event.cluster_id, into);
-        }
-    }
-    // Each text's cluster is where its first cluster ended up after merges.
-    for id in micro.iter_mut() {
-        while let Some(next) = merged_into.get(id) {
-            *id = *next;
-        }
-    }
-    let merges = merged_into.len();
+    let run = cluster_online(
+        &settings.cluster,
+        embedder.id(),
+        &vectors,
+        dimension,
+        args.seed,
+    )?;
+    let (online_seconds, merges) = (run.online_seconds, run.merges);
+    let micro = &run.micro;
+    let state = &run.state;
 
     // Topic and domain levels, built by the state as the pipeline builds them.
     let hierarchy = &settings.cluster.hierarchy;
-    state.rebuild_hierarchy();
     let hierarchy_vectors = state.hierarchy_vectors();
     let micro_items: Vec<crate::cluster::hierarchy::LevelItem<'_>> = hierarchy_vectors
         .iter()
@@ -164,29 +90,19 @@ pub fn run(args: &ClusteringEvalArgs) -> anyhow::Result<()> {
             weight: *w,
         })
         .collect();
-    let level = |f: &dyn Fn(u64) -> Option<u64>| -> anyhow::Result<Vec<u32>> {
-        micro
-            .iter()
-            .map(|id| {
-                f(*id)
-                    .map(|g| g as u32)
-                    .ok_or_else(|| anyhow::anyhow!("cluster {id} has no group after the rebuild"))
-            })
-            .collect()
-    };
-    let micro_labels: Vec<u32> = micro.iter().map(|&id| id as u32).collect();
-    let topic_labels = level(&|id| state.topic_of(id))?;
-    let domain_level = level(&|id| state.domain_of(id))?;
+    let micro_labels = run.micro_labels();
+    let topic_labels = run.topic_labels()?;
+    let domain_level = run.domain_labels()?;
 
     let started = Instant::now();
-    let batch = kmeans(&vectors, dimension, label_ids.len(), args.seed, 3, 100)?;
+    let batch = kmeans(&vectors, dimension, label_count, args.seed, 3, 100)?;
     let kmeans_seconds = started.elapsed().as_secs_f64();
 
     println!(
         "eval clustering: {} ({} texts, {} labels{}), arrival order shuffled with seed {}, {}",
         args.input.display(),
         texts.len(),
-        label_ids.len(),
+        label_count,
         domains
             .as_ref()
             .map_or(String::new(), |(_, n)| format!(", {n} domains")),
@@ -215,7 +131,7 @@ pub fn run(args: &ClusteringEvalArgs) -> anyhow::Result<()> {
     print("online micro-clusters", &score(&labels, &micro_labels)?);
     print("online topics", &score(&labels, &topic_labels)?);
     print(
-        &format!("batch k-means k={}", label_ids.len()),
+        &format!("batch k-means k={}", label_count),
         &score(&labels, &batch)?,
     );
     if let Some((domain, n)) = &domains {
@@ -240,13 +156,59 @@ pub fn run(args: &ClusteringEvalArgs) -> anyhow::Result<()> {
     }
     println!(
         "HNSW recall@1 against the exact scan on these vectors (queries vs final micro-centroids): {:.4}",
-        hnsw_recall(&state, &vectors, dimension, &settings)
+        hnsw_recall(state, &vectors, dimension, &settings)
     );
     Ok(())
 }
 
+/// A labelled JSONL set: texts, and per text its label as a dense id and as a name.
+pub struct LabelledTexts {
+    pub texts: Vec<String>,
+    pub labels: Vec<u32>,
+    pub label_names: Vec<String>,
+    pub label_count: usize,
+}
+
+/// Reads `{"text": ..., "label": ...}` lines, leaving out `exclude_labels`; label ids follow the
+/// labels' sorted order.
+pub fn read_labelled(
+    path: &std::path::Path,
+    exclude_labels: &[String],
+) -> anyhow::Result<LabelledTexts> {
+    let raw = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    let mut texts = Vec::new();
+    let mut label_names = Vec::new();
+    for (n, line) in raw.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let item: LabelledLine = serde_json::from_str(line)
+            .map_err(|e| anyhow::anyhow!("{}:{}: {e}", path.display(), n + 1))?;
+        if exclude_labels.contains(&item.label) {
+            continue;
+        }
+        texts.push(item.text);
+        label_names.push(item.label);
+    }
+    anyhow::ensure!(!texts.is_empty(), "no labelled lines in {}", path.display());
+    let mut label_ids: BTreeMap<&str, u32> = BTreeMap::new();
+    for name in &label_names {
+        let next = label_ids.len() as u32;
+        label_ids.entry(name.as_str()).or_insert(next);
+    }
+    let labels = label_names.iter().map(|n| label_ids[n.as_str()]).collect();
+    let label_count = label_ids.len();
+    Ok(LabelledTexts {
+        texts,
+        labels,
+        label_names,
+        label_count,
+    })
+}
+
 /// Embeds `texts`, or reads the vectors a previous run of the same input and embedder stored.
-fn embed_cached(
+pub(crate) fn embed_cached(
     embedder: &dyn crate::embed::Embedder,
     texts: &[String],
     input: &std::path::Path,

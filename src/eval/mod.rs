@@ -14,4 +14,5 @@ pub mod detection;
 pub mod kmeans;
 pub mod metrics;
 pub mod multilingual;
+pub mod online;
 pub mod sharding;

@@ -9,20 +9,14 @@
 //! through a fresh online `ClusterState` as `eval clustering` does, scoring its micro-clusters and
 //! topics the same way. Goals (issue 8): intent AMI ≥ 0.60, language NMI ≤ 0.20.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
-
 use super::kmeans::kmeans;
 use super::metrics::score;
-use crate::cluster::lifecycle::LifecycleKind;
-use crate::cluster::{Assignment, ClusterState};
+use super::online::cluster_online;
 use crate::config::{ClusterSettings, EmbedderKind, Settings};
-use crate::event::EventMeta;
-use crate::summarize::Summary;
 
 /// Issue 8's goals for k-means with k = 15 on xSID.
 pub const INTENT_AMI_GOAL: f64 = 0.60;
@@ -144,13 +138,6 @@ pub fn read_set(data: &std::path::Path, limit: usize) -> anyhow::Result<Labelled
 pub fn run(args: &MultilingualEvalArgs) -> anyhow::Result<()> {
     let set = read_set(&args.data, args.limit)?;
     let base = Settings::load(args.config.as_deref())?;
-    // Each kind gets its own join threshold unless the configuration chose one: loading applied
-    // the configured kind's default, so a value that differs from it was set by the user.
-    let default_threshold = |kind: EmbedderKind| {
-        kind.default_join_threshold()
-            .unwrap_or(ClusterSettings::default().join_threshold)
-    };
-    let join_threshold_set = base.cluster.join_threshold != default_threshold(base.embedder.kind);
     let kinds = args
         .embedders
         .iter()
@@ -169,11 +156,7 @@ pub fn run(args: &MultilingualEvalArgs) -> anyhow::Result<()> {
         args.seed,
     );
     for (name, &kind) in args.embedders.iter().zip(&kinds) {
-        let mut settings = base.clone();
-        settings.embedder.kind = kind;
-        if !join_threshold_set {
-            settings.cluster.join_threshold = default_threshold(kind);
-        }
+        let settings = settings_for_kind(&base, kind);
         let thresholds = match (args.online, args.join_thresholds.is_empty()) {
             (false, _) => Vec::new(),
             (true, true) => vec![settings.cluster.join_threshold],
@@ -183,6 +166,22 @@ pub fn run(args: &MultilingualEvalArgs) -> anyhow::Result<()> {
         print_scores(name, &scores);
     }
     Ok(())
+}
+
+/// `base` with embedder `kind`, and the kind's own join threshold unless the configuration chose
+/// one. Loading applied the configured kind's default, so a value that differs from it was set
+/// by the user.
+pub fn settings_for_kind(base: &Settings, kind: EmbedderKind) -> Settings {
+    let default_threshold = |kind: EmbedderKind| {
+        kind.default_join_threshold()
+            .unwrap_or(ClusterSettings::default().join_threshold)
+    };
+    let mut settings = base.clone();
+    settings.embedder.kind = kind;
+    if base.cluster.join_threshold == default_threshold(base.embedder.kind) {
+        settings.cluster.join_threshold = default_threshold(kind);
+    }
+    settings
 }
 
 fn print_scores(kind: &str, s: &EmbedderScores) {
@@ -272,66 +271,9 @@ fn online_scores(
     set: &LabelledSet,
     seed: u64,
 ) -> anyhow::Result<OnlineScores> {
-    let n = set.texts.len();
-    let mut order: Vec<usize> = (0..n).collect();
-    order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
-    let mut state = ClusterState::new(settings.cluster.clone(), dimension, embedder_id);
-    let summary = Summary {
-        request: String::new(),
-        task: "other".into(),
-        language: "en".into(),
-        concern: 1,
-        refused: false,
-    };
-    let mut micro = vec![0u64; n];
-    let mut merged_into: HashMap<u64, u64> = HashMap::new();
-    let mut note_merges = |events: Vec<crate::cluster::lifecycle::LifecycleEvent>| {
-        for event in events {
-            if let (LifecycleKind::Merged, Some(into)) = (event.event, event.into) {
-                merged_into.insert(event.cluster_id, into);
-            }
-        }
-    };
-    for (arrival, &i) in order.iter().enumerate() {
-        let meta = EventMeta {
-            conversation_id: String::new(),
-            conversation_key: arrival as u64 + 1,
-            account_key: arrival as u64 + 1,
-            org_key: None,
-            event_time_ms: 1_800_000_000_000 + arrival as i64 * 1000,
-            surface: "chat".into(),
-            classifier_flagged: false,
-            template: 0,
-            restricted_account: None,
-        };
-        let row = &vectors[i * dimension..(i + 1) * dimension];
-        micro[i] = match state.assign(0, &meta, &summary, row)? {
-            Assignment::Founded { cluster_id } | Assignment::Joined { cluster_id, .. } => {
-                cluster_id
-            }
-            Assignment::Duplicate => anyhow::bail!("eval conversation keys are unique"),
-        };
-        if state.maintenance_due() {
-            note_merges(state.maintain());
-        }
-    }
-    note_merges(state.maintain());
-    for id in micro.iter_mut() {
-        while let Some(next) = merged_into.get(id) {
-            *id = *next;
-        }
-    }
-    state.rebuild_hierarchy();
-    let topics = micro
-        .iter()
-        .map(|&id| {
-            state
-                .topic_of(id)
-                .map(|t| t as u32)
-                .ok_or_else(|| anyhow::anyhow!("cluster {id} has no topic after the rebuild"))
-        })
-        .collect::<anyhow::Result<Vec<u32>>>()?;
-    let micro: Vec<u32> = micro.iter().map(|&id| id as u32).collect();
+    let run = cluster_online(&settings.cluster, embedder_id, vectors, dimension, seed)?;
+    let topics = run.topic_labels()?;
+    let micro = run.micro_labels();
     let micro_intent = score(&set.intents, &micro)?;
     let topic_intent = score(&set.intents, &topics)?;
     Ok(OnlineScores {
