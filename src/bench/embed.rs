@@ -25,12 +25,13 @@ use crate::eval::online::cluster_online;
 /// What to run; see `clusterwatch bench embed --help`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct EmbedBenchArgs {
-    /// Embedder kinds to measure, in order (names as in `embedder.kind`; `hashing` is the
-    /// baseline; one whose model files are absent is skipped with a note).
+    /// Embedder kinds to measure, in order (names as in `embedder.kind`, plus `onnx-fp32`: the
+    /// `onnx` kind on the fp32 graph; `hashing` is the baseline; one whose model files are
+    /// absent is skipped with a note).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "hashing,static,transformer,multilingual"
+        default_value = "hashing,static,transformer,onnx,onnx-fp32,multilingual"
     )]
     pub embedders: Vec<String>,
     /// Worker thread counts to measure speed at.
@@ -118,16 +119,25 @@ pub fn run(args: &EmbedBenchArgs) -> anyhow::Result<()> {
     let mut figures = Vec::new();
     let mut skipped = Vec::new();
     for name in &args.embedders {
-        let kind =
-            match serde_json::from_value::<EmbedderKind>(serde_json::Value::String(name.clone())) {
-                Ok(EmbedderKind::Http) => {
-                    skipped.push((name.clone(), "needs an embedding service".to_string()));
-                    continue;
-                }
-                Ok(kind) => kind,
-                Err(_) => anyhow::bail!("unknown embedder kind {name:?}"),
-            };
-        let settings = crate::eval::multilingual::settings_for_kind(&base, kind);
+        // `onnx-fp32`: the `onnx` kind on the fp32 graph, to price the int8 quantisation.
+        let (kind_name, fp32_graph) = match name.as_str() {
+            "onnx-fp32" => ("onnx", true),
+            other => (other, false),
+        };
+        let kind = match serde_json::from_value::<EmbedderKind>(serde_json::Value::String(
+            kind_name.to_string(),
+        )) {
+            Ok(EmbedderKind::Http) => {
+                skipped.push((name.clone(), "needs an embedding service".to_string()));
+                continue;
+            }
+            Ok(kind) => kind,
+            Err(_) => anyhow::bail!("unknown embedder kind {name:?}"),
+        };
+        let mut settings = crate::eval::multilingual::settings_for_kind(&base, kind);
+        if fp32_graph {
+            settings.embedder.onnx_model = settings.embedder.model_dir.join("model.onnx");
+        }
         let embedder: Arc<dyn Embedder> =
             match crate::embed::from_settings(&settings.embedder, &crate::export::Metrics::new()) {
                 Ok(e) => Arc::from(e),
@@ -139,6 +149,18 @@ pub fn run(args: &EmbedBenchArgs) -> anyhow::Result<()> {
             };
         let mut speeds = Vec::new();
         for &threads in &args.threads {
+            // ONNX Runtime spreads a lone caller's batch over every idle session: give it one
+            // session per worker, so "1 thread" is one core.
+            let embedder = if kind == EmbedderKind::Onnx {
+                let mut pinned = settings.embedder.clone();
+                pinned.onnx_sessions = threads;
+                Arc::from(crate::embed::from_settings(
+                    &pinned,
+                    &crate::export::Metrics::new(),
+                )?)
+            } else {
+                Arc::clone(&embedder)
+            };
             let rate = sentences_per_second(&embedder, &workload, threads, args)?;
             eprintln!("bench embed: {name}: {rate:.0} sentences/s with {threads} thread(s)");
             speeds.push((threads, rate));

@@ -71,47 +71,13 @@ impl MiniLmEmbedder {
             std::fs::read(model_dir.join(file)).map_err(|e| missing(file, e.to_string()))
         };
 
-        let config_bytes = read("config.json")?;
-        let config: Config = serde_json::from_slice(&config_bytes)
-            .map_err(|e| missing("config.json", format!("not a BERT config: {e}")))?;
-        if !(3..=config.max_position_embeddings).contains(&max_tokens) {
-            return Err(EmbedError::Tokenizer(format!(
-                "max_tokens must be between 3 and {} (the model's position limit), got {max_tokens}",
-                config.max_position_embeddings
-            )));
-        }
-
-        let tokenizer_bytes = read("tokenizer.json")?;
-        let mut tokenizer = Tokenizer::from_bytes(&tokenizer_bytes)
-            .map_err(|e| missing("tokenizer.json", format!("cannot parse tokenizer: {e}")))?;
-        // tokenizer.json ships with fixed padding to 128; we pad per sub-batch instead, to the
-        // longest member, after sorting by length (see `embed_batch`).
-        let padding = match tokenizer.get_padding() {
-            Some(p) => PaddingParams {
-                strategy: PaddingStrategy::BatchLongest,
-                pad_to_multiple_of: None,
-                ..p.clone()
-            },
-            None => PaddingParams {
-                strategy: PaddingStrategy::BatchLongest,
-                direction: PaddingDirection::Right,
-                pad_to_multiple_of: None,
-                pad_id: config.pad_token_id as u32,
-                pad_type_id: 0,
-                pad_token: "[PAD]".to_string(),
-            },
-        };
-        tokenizer.with_padding(None);
-        tokenizer
-            .with_truncation(Some(TruncationParams {
-                direction: TruncationDirection::Right,
-                max_length: max_tokens,
-                strategy: TruncationStrategy::LongestFirst,
-                stride: 0,
-            }))
-            .map_err(|e| {
-                EmbedError::Tokenizer(format!("cannot set truncation to {max_tokens}: {e}"))
-            })?;
+        let BertTokenizer {
+            tokenizer,
+            padding,
+            config,
+            config_bytes,
+            tokenizer_bytes,
+        } = BertTokenizer::load(model_dir, max_tokens)?;
 
         let weights = read("model.safetensors")?;
         let device = Device::Cpu;
@@ -294,12 +260,12 @@ impl Embedder for MiniLmEmbedder {
 
 /// Small non-cryptographic 64-bit hash (FNV-1a style over 8-byte words) used only to notice that
 /// the model files changed; it reads 90 MB in well under 100 ms.
-struct ContentHash(u64);
+pub(crate) struct ContentHash(u64);
 
 impl ContentHash {
     const PRIME: u64 = 0x0000_0100_0000_01b3;
 
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self(0xcbf2_9ce4_8422_2325)
     }
 
@@ -307,7 +273,7 @@ impl ContentHash {
         self.0 = (self.0 ^ word).wrapping_mul(Self::PRIME).rotate_left(29);
     }
 
-    fn update(&mut self, bytes: &[u8]) {
+    pub(crate) fn update(&mut self, bytes: &[u8]) {
         self.mix(bytes.len() as u64);
         let mut chunks = bytes.chunks_exact(8);
         for c in &mut chunks {
@@ -321,9 +287,85 @@ impl ContentHash {
         self.mix(u64::from_le_bytes(tail));
     }
 
-    fn finish32(&self) -> u32 {
+    pub(crate) fn finish32(&self) -> u32 {
         let h = self.0 ^ (self.0 >> 33);
         (h ^ (h >> 32)) as u32
+    }
+}
+
+/// The WordPiece tokenizer of a BERT model directory (`tokenizer.json`, `config.json`), set up as
+/// every BERT embedder here uses it: truncated to `max_tokens`, no padding at encode time, and
+/// padding parameters for length-sorted sub-batches. Shared by the candle and ONNX Runtime paths
+/// so both feed the model the same ids.
+pub(crate) struct BertTokenizer {
+    pub tokenizer: Tokenizer,
+    /// Pads a sub-batch to its longest member.
+    pub padding: PaddingParams,
+    pub config: Config,
+    /// The files as read, for embedder ids that change when they do.
+    pub config_bytes: Vec<u8>,
+    pub tokenizer_bytes: Vec<u8>,
+}
+
+impl BertTokenizer {
+    pub(crate) fn load(model_dir: &Path, max_tokens: usize) -> Result<Self, EmbedError> {
+        let missing = |file: &str, reason: String| EmbedError::ModelMissing {
+            path: model_dir.join(file).display().to_string(),
+            reason,
+        };
+        let read = |file: &str| {
+            std::fs::read(model_dir.join(file)).map_err(|e| missing(file, e.to_string()))
+        };
+
+        let config_bytes = read("config.json")?;
+        let config: Config = serde_json::from_slice(&config_bytes)
+            .map_err(|e| missing("config.json", format!("not a BERT config: {e}")))?;
+        if !(3..=config.max_position_embeddings).contains(&max_tokens) {
+            return Err(EmbedError::Tokenizer(format!(
+                "max_tokens must be between 3 and {} (the model's position limit), got {max_tokens}",
+                config.max_position_embeddings
+            )));
+        }
+
+        let tokenizer_bytes = read("tokenizer.json")?;
+        let mut tokenizer = Tokenizer::from_bytes(&tokenizer_bytes)
+            .map_err(|e| missing("tokenizer.json", format!("cannot parse tokenizer: {e}")))?;
+        // tokenizer.json ships with fixed padding to 128; we pad per sub-batch instead, to the
+        // longest member, after sorting by length (see `embed_batch`).
+        let padding = match tokenizer.get_padding() {
+            Some(p) => PaddingParams {
+                strategy: PaddingStrategy::BatchLongest,
+                pad_to_multiple_of: None,
+                ..p.clone()
+            },
+            None => PaddingParams {
+                strategy: PaddingStrategy::BatchLongest,
+                direction: PaddingDirection::Right,
+                pad_to_multiple_of: None,
+                pad_id: config.pad_token_id as u32,
+                pad_type_id: 0,
+                pad_token: "[PAD]".to_string(),
+            },
+        };
+        tokenizer.with_padding(None);
+        tokenizer
+            .with_truncation(Some(TruncationParams {
+                direction: TruncationDirection::Right,
+                max_length: max_tokens,
+                strategy: TruncationStrategy::LongestFirst,
+                stride: 0,
+            }))
+            .map_err(|e| {
+                EmbedError::Tokenizer(format!("cannot set truncation to {max_tokens}: {e}"))
+            })?;
+
+        Ok(BertTokenizer {
+            tokenizer,
+            padding,
+            config,
+            config_bytes,
+            tokenizer_bytes,
+        })
     }
 }
 

@@ -16,6 +16,7 @@ pub mod e5_tokenizer;
 pub mod hashing;
 pub mod http;
 pub mod minilm;
+pub mod onnx;
 pub mod pca;
 pub mod static_model;
 
@@ -56,6 +57,14 @@ pub fn from_settings(
             &settings.model_dir,
             settings.max_tokens,
         )?)),
+        EmbedderKind::Onnx => Ok(Box::new(onnx::OnnxEmbedder::load(&onnx::OnnxOptions {
+            model_dir: &settings.model_dir,
+            graph: &settings.onnx_model_path(),
+            library: &settings.onnx_runtime,
+            max_tokens: settings.max_tokens,
+            sessions: settings.onnx_sessions,
+            threads: settings.onnx_threads,
+        })?)),
         EmbedderKind::Static => Ok(Box::new(static_model::StaticEmbedder::load(
             &settings.static_model_path(),
         )?)),
