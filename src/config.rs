@@ -202,6 +202,9 @@ pub struct EmbedderSettings {
     pub model_dir: PathBuf,
     /// Inputs are truncated to this many tokens.
     pub max_tokens: usize,
+    /// Where `kind = "transformer"` runs: `cpu`, or `cuda` / `cuda:N` in a build with the `gpu`
+    /// cargo feature (fp16 weights there; see `src/embed/device.rs`). `cpu`.
+    pub device: String,
     /// Dimension of the feature-hashing embedder.
     pub hashing_dimension: usize,
     /// The static model's vectors (`kind = "static"`). Empty: `static-256.safetensors` inside
@@ -253,6 +256,7 @@ impl Default for EmbedderSettings {
             kind: EmbedderKind::Transformer,
             model_dir: PathBuf::from("models/all-MiniLM-L6-v2"),
             max_tokens: 128,
+            device: "cpu".into(),
             hashing_dimension: 256,
             static_model: PathBuf::new(),
             multilingual_model_dir: PathBuf::from("models/multilingual-e5-small"),

@@ -63,6 +63,16 @@ impl MiniLmEmbedder {
     /// in `3..=max_position_embeddings` (512 for this model). [`DEFAULT_MAX_TOKENS`] is 128, the
     /// length the model was trained with.
     pub fn load(model_dir: &Path, max_tokens: usize) -> Result<Self, EmbedError> {
+        Self::load_on(model_dir, max_tokens, super::device::ComputeDevice::Cpu)
+    }
+
+    /// [`Self::load`] on `device` (`embedder.device`; the GPU needs the `gpu` feature). On a GPU
+    /// the weights are fp16 and the id says so: its vectors differ from fp32's in the last bits.
+    pub fn load_on(
+        model_dir: &Path,
+        max_tokens: usize,
+        device: super::device::ComputeDevice,
+    ) -> Result<Self, EmbedError> {
         let missing = |file: &str, reason: String| EmbedError::ModelMissing {
             path: model_dir.join(file).display().to_string(),
             reason,
@@ -80,10 +90,10 @@ impl MiniLmEmbedder {
         } = BertTokenizer::load(model_dir, max_tokens)?;
 
         let weights = read("model.safetensors")?;
-        let device = Device::Cpu;
+        let (device, dtype) = device.open()?;
         let tensors = candle_core::safetensors::load_buffer(&weights, &device)
             .map_err(|e| missing("model.safetensors", format!("not a safetensors file: {e}")))?;
-        let vb = VarBuilder::from_tensors(tensors, DType::F32, &device);
+        let vb = VarBuilder::from_tensors(tensors, dtype, &device);
         let model = BertModel::load(vb, &config).map_err(|e| {
             missing(
                 "model.safetensors",
@@ -102,7 +112,10 @@ impl MiniLmEmbedder {
         ] {
             h.update(part);
         }
-        let id = format!("{MODEL_NAME}-{:08x}", h.finish32());
+        let id = match dtype {
+            DType::F32 => format!("{MODEL_NAME}-{:08x}", h.finish32()),
+            other => format!("{MODEL_NAME}-{other:?}-{:08x}", h.finish32()).to_lowercase(),
+        };
 
         Ok(Self {
             model,
@@ -189,7 +202,8 @@ impl MiniLmEmbedder {
                 let hidden = self
                     .model
                     .forward(&ids, &type_ids, Some(&mask))
-                    .map_err(inference)?; // (b, s, h)
+                    .and_then(|h| h.to_dtype(DType::F32))
+                    .map_err(inference)?; // (b, s, h), fp32 whatever the weights
 
                 // Mean pooling over real tokens: sum(h * m) / max(sum(m), 1e-9), as sentence-transformers.
                 let m = mask

@@ -9,6 +9,7 @@
 //! for unit tests.
 
 pub mod batching;
+pub mod device;
 pub mod distill;
 pub mod e5;
 pub mod e5_file;
@@ -53,9 +54,10 @@ pub fn from_settings(
     metrics: &crate::export::Metrics,
 ) -> Result<Box<dyn Embedder>, EmbedError> {
     match settings.kind {
-        EmbedderKind::Transformer => Ok(Box::new(minilm::MiniLmEmbedder::load(
+        EmbedderKind::Transformer => Ok(Box::new(minilm::MiniLmEmbedder::load_on(
             &settings.model_dir,
             settings.max_tokens,
+            device::ComputeDevice::parse(&settings.device)?,
         )?)),
         EmbedderKind::Onnx => Ok(Box::new(onnx::OnnxEmbedder::load(&onnx::OnnxOptions {
             model_dir: &settings.model_dir,
