@@ -274,7 +274,7 @@ impl TrafficProducer {
 /// How the child is configured beyond its topics.
 #[derive(Debug, Clone)]
 pub struct ChildSpec {
-    /// `hashing`, `static` or `transformer` (the `embedder.kind`).
+    /// `hashing`, `static`, `transformer` or `onnx` (the `embedder.kind`).
     pub embedder: String,
     pub model_dir: PathBuf,
     /// Alerts also go to this Alertmanager, when given.
@@ -293,6 +293,13 @@ impl ChildSpec {
                 self.model_dir
                     .join(crate::embed::static_model::DEFAULT_FILE_NAME),
                 self.model_dir.join("tokenizer.json"),
+            ],
+            // The runtime library at its default place, relative to the working directory.
+            "onnx" => vec![
+                self.model_dir.join("model-int8.onnx"),
+                self.model_dir.join("tokenizer.json"),
+                self.model_dir.join("config.json"),
+                crate::config::EmbedderSettings::default().onnx_runtime,
             ],
             _ => Vec::new(),
         };

@@ -32,7 +32,7 @@ pub struct PipelineBenchArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "hashing,static,transformer"
+        default_value = "hashing,static,transformer,onnx"
     )]
     pub embedders: Vec<String>,
     /// Messages in the throughput phase.
@@ -268,7 +268,7 @@ pub async fn run(args: &PipelineBenchArgs) -> anyhow::Result<()> {
             alertmanager_url: args.alertmanager_url.clone(),
         };
         let why_not = match embedder.as_str() {
-            "hashing" | "static" | "transformer" => {
+            "hashing" | "static" | "transformer" | "onnx" => {
                 spec.missing_files().map(|m| format!("missing {m}"))
             }
             "http" => Some("needs an embedding service; not benchmarked here".into()),

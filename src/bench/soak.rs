@@ -31,7 +31,7 @@ pub struct SoakArgs {
     /// Kafka bootstrap servers of the real broker.
     #[arg(long, env = "KAFKA_BOOTSTRAP", default_value = "127.0.0.1:19092")]
     pub bootstrap: String,
-    /// The embedder the child runs: hashing, static or transformer.
+    /// The embedder the child runs: hashing, static, transformer or onnx.
     #[arg(long, default_value = "static")]
     pub embedder: String,
     /// How long to produce.
