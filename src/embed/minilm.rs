@@ -252,11 +252,7 @@ impl Embedder for MiniLmEmbedder {
         if texts.is_empty() {
             return Ok(Vec::new());
         }
-        let inputs: Vec<&str> = texts.iter().map(String::as_str).collect();
-        let encodings = self
-            .tokenizer
-            .encode_batch_fast(inputs, true)
-            .map_err(|e| EmbedError::Tokenizer(e.to_string()))?;
+        let encodings = encode_texts(&self.tokenizer, texts)?;
         // Longest first, so each sub-batch pads to a length close to that of all its members.
         super::batching::embed_length_sorted(
             encodings,
@@ -305,6 +301,17 @@ impl ContentHash {
         let h = self.0 ^ (self.0 >> 33);
         (h ^ (h >> 32)) as u32
     }
+}
+
+/// `texts` through `tokenizer`, special tokens added, unpadded.
+pub(crate) fn encode_texts(
+    tokenizer: &Tokenizer,
+    texts: &[String],
+) -> Result<Vec<Encoding>, EmbedError> {
+    let inputs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    tokenizer
+        .encode_batch_fast(inputs, true)
+        .map_err(|e| EmbedError::Tokenizer(e.to_string()))
 }
 
 /// The WordPiece tokenizer of a BERT model directory (`tokenizer.json`, `config.json`), set up as

@@ -228,11 +228,7 @@ impl Embedder for OnnxEmbedder {
         if texts.is_empty() {
             return Ok(Vec::new());
         }
-        let inputs: Vec<&str> = texts.iter().map(String::as_str).collect();
-        let encodings = self
-            .tokenizer
-            .encode_batch_fast(inputs, true)
-            .map_err(|e| EmbedError::Tokenizer(e.to_string()))?;
+        let encodings = super::minilm::encode_texts(&self.tokenizer, texts)?;
         // This call's session, and every other session idle right now: a lone caller (the
         // pipeline's embed stage) spreads its batch over the cores, while concurrent callers
         // (one per core) each keep to their own session.
