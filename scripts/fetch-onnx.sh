@@ -35,10 +35,12 @@ if [ -s "$LIB_DIR/libonnxruntime.so" ] && [ -s "$MODEL_DIR/model-int8.onnx" ] &&
   exit 0
 fi
 
-if [ ! -x "$VENV/bin/python" ]; then
+if [ ! -x "$VENV/bin/pip" ]; then
   log "creating $VENV"
+  rm -rf "$VENV"
   python3 -m venv "$VENV" 2>/dev/null || {
-    # Debian splits venv out of python3.
+    # Debian splits venv (ensurepip) out of python3; a failed attempt leaves a venv without pip.
+    rm -rf "$VENV"
     if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
       DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
       python3 -m venv "$VENV"
