@@ -163,14 +163,18 @@ fn bench_embed_measures_speed_per_thread_count_and_quality_per_set() {
     let dir = tempfile::tempdir().unwrap();
     // Slices of the real sets (the full ones are the published figures' job).
     let slice = |name: &str, source: &str| {
-        let text = std::fs::read_to_string(source).expect("the bundled quality set");
+        let text =
+            std::fs::read_to_string(repo_root().join(source)).expect("the bundled quality set");
         let path = dir.path().join(name);
         let lines: Vec<&str> = text.lines().take(300).collect();
         std::fs::write(&path, lines.join("\n")).unwrap();
         path
     };
-    let clinc = slice("clinc.jsonl", "../shared/data/clinc150/test.jsonl");
-    let banking = slice("banking.jsonl", "../shared/data/banking77/test.jsonl");
+    let clinc = slice("clinc.jsonl", "tests/fixtures/traffic/clinc150_test.jsonl");
+    let banking = slice(
+        "banking.jsonl",
+        "tests/fixtures/traffic/banking77_test.jsonl",
+    );
     let json = dir.path().join("embed.json");
     let cache = dir.path().join("vectors");
     let report = bench_offline(

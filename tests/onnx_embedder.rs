@@ -40,7 +40,9 @@ fn onnx(graph: &str) -> OnnxEmbedder {
 
 /// Real requests of several lengths, and the edge cases the tokenizer treats specially.
 fn texts() -> Vec<String> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/clinc150/test.jsonl");
+    // The CLINC150 test set bundled in the repo (tests/fixtures/traffic/README.md).
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/traffic/clinc150_test.jsonl");
     let raw = std::fs::read_to_string(path).expect("CLINC150 test set");
     let mut texts: Vec<String> = raw
         .lines()

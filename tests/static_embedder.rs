@@ -41,10 +41,12 @@ fn strings(texts: &[&str]) -> Vec<String> {
     texts.iter().map(|s| s.to_string()).collect()
 }
 
-/// CLINC150 test texts and labels (out-of-scope left out), or None when the data is absent.
-fn clinc() -> Option<(Vec<String>, Vec<String>)> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/clinc150/test.jsonl");
-    let raw = std::fs::read_to_string(path).ok()?;
+/// CLINC150 test texts and labels (out-of-scope left out), from the copy bundled in the repo
+/// (tests/fixtures/traffic/README.md).
+fn clinc() -> (Vec<String>, Vec<String>) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/traffic/clinc150_test.jsonl");
+    let raw = std::fs::read_to_string(path).expect("the bundled CLINC150 test set");
     let mut texts = Vec::new();
     let mut labels = Vec::new();
     for line in raw.lines().filter(|l| !l.trim().is_empty()) {
@@ -56,7 +58,7 @@ fn clinc() -> Option<(Vec<String>, Vec<String>)> {
         texts.push(v["text"].as_str().unwrap_or_default().to_string());
         labels.push(label);
     }
-    Some((texts, labels))
+    (texts, labels)
 }
 
 #[test]
@@ -164,9 +166,7 @@ fn fast_tokenizer_matches_the_reference() {
         "東京 to paris",
         &"longword".repeat(20),
     ]);
-    if let Some((clinc, _)) = clinc() {
-        texts.extend(clinc.into_iter().step_by(7));
-    }
+    texts.extend(clinc().0.into_iter().step_by(7));
     let mut ids = Vec::new();
     for t in &texts {
         ids.clear();
@@ -177,10 +177,7 @@ fn fast_tokenizer_matches_the_reference() {
 
 #[test]
 fn clinc_subset_clusters_sanely() {
-    let Some((texts, labels)) = clinc() else {
-        eprintln!("note: skipping, ../shared/data/clinc150 is absent");
-        return;
-    };
+    let (texts, labels) = clinc();
     // The first 20 intents: 600 texts, enough to tell a sane embedding from a broken one.
     let mut names: Vec<&String> = Vec::new();
     let mut subset = Vec::new();
@@ -213,7 +210,7 @@ fn clinc_subset_clusters_sanely() {
 #[test]
 #[ignore = "benchmark: run with --release --ignored --nocapture"]
 fn throughput() {
-    let Some((texts, _)) = clinc() else { return };
+    let (texts, _) = clinc();
     let e = embedder();
     let rounds = 20;
     let n = texts.len() * rounds;

@@ -44,10 +44,10 @@ pub struct EmbedBenchArgs {
     #[arg(long, default_value_t = 64)]
     pub batch: usize,
     /// CLINC150 test set (`{"text", "label"}` JSONL); its texts are also the speed workload.
-    #[arg(long, default_value = "../shared/data/clinc150/test.jsonl")]
+    #[arg(long, default_value = "tests/fixtures/traffic/clinc150_test.jsonl")]
     pub clinc150: PathBuf,
     /// Banking77 test set (`{"text", "label"}` JSONL).
-    #[arg(long, default_value = "../shared/data/banking77/test.jsonl")]
+    #[arg(long, default_value = "tests/fixtures/traffic/banking77_test.jsonl")]
     pub banking77: PathBuf,
     /// Labels left out of the quality sets (CLINC150's out-of-scope class is not a topic).
     #[arg(long, value_delimiter = ',', default_value = "oos")]
