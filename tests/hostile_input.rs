@@ -27,7 +27,8 @@ use clusterwatch::summarize::offline::OfflineSummarizer;
 use common::test_settings;
 use serde_json::{json, Value};
 
-/// Held by tests that read this process's memory high-water mark.
+/// Held by every test here: two of them read this process's memory high-water mark, which any
+/// allocation by a test running beside them would raise (a 10,000-turn event is ~16 MB).
 static MEMORY: Mutex<()> = Mutex::new(());
 
 const HUNDRED_MB: usize = 100 * 1024 * 1024;
@@ -91,6 +92,8 @@ fn a_100_mb_message_is_refused_before_its_bytes_are_read() {
 
 #[test]
 fn ten_thousand_turns_are_capped() {
+    // Allocations here would show in the memory tests' peak-RSS readings.
+    let _guard = MEMORY.lock().unwrap_or_else(|e| e.into_inner());
     let turns: Vec<Value> = (0..10_000)
         .map(|i| json!({ "role": if i % 2 == 0 { "user" } else { "assistant" }, "content": format!("turn {i}") }))
         .collect();
@@ -104,6 +107,8 @@ fn ten_thousand_turns_are_capped() {
 
 #[test]
 fn adversarial_unicode_is_rejected_or_summarized_without_hiding_characters() {
+    // Allocations here would show in the memory tests' peak-RSS readings.
+    let _guard = MEMORY.lock().unwrap_or_else(|e| e.into_inner());
     let limits = DecodeLimits::default();
     // Invalid JSON escapes: lone and reversed surrogates. serde_json refuses them, so they are a
     // clear `malformed_json`, never a String holding a half character.
