@@ -254,16 +254,12 @@ impl Embedder for MiniLmEmbedder {
         }
         let encodings = encode_texts(&self.tokenizer, texts)?;
         // Longest first, so each sub-batch pads to a length close to that of all its members.
-        super::batching::embed_length_sorted(
+        embed_padded(
             encodings,
-            Encoding::len,
+            &self.padding,
             SUB_BATCH_TOKENS,
             MAX_SUB_BATCH,
-            |mut sub| {
-                pad_encodings(&mut sub, &self.padding)
-                    .map_err(|e| EmbedError::Tokenizer(e.to_string()))?;
-                self.forward_padded(&sub)
-            },
+            |sub| self.forward_padded(sub),
         )
     }
 }
@@ -301,6 +297,27 @@ impl ContentHash {
         let h = self.0 ^ (self.0 >> 33);
         (h ^ (h >> 32)) as u32
     }
+}
+
+/// Runs `forward` over length-sorted sub-batches of `encodings` (see `batching.rs`), each padded
+/// to its longest member with `padding`; one vector per encoding, in input order.
+pub(crate) fn embed_padded(
+    encodings: Vec<Encoding>,
+    padding: &PaddingParams,
+    max_tokens: usize,
+    max_items: usize,
+    mut forward: impl FnMut(&[Encoding]) -> Result<Vec<Vec<f32>>, EmbedError>,
+) -> Result<Vec<Vec<f32>>, EmbedError> {
+    super::batching::embed_length_sorted(
+        encodings,
+        Encoding::len,
+        max_tokens,
+        max_items,
+        |mut sub| {
+            pad_encodings(&mut sub, padding).map_err(|e| EmbedError::Tokenizer(e.to_string()))?;
+            forward(&sub)
+        },
+    )
 }
 
 /// `texts` through `tokenizer`, special tokens added, unpadded.

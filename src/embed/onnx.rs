@@ -23,7 +23,7 @@ use std::sync::{Mutex, OnceLock, PoisonError};
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
 use ort::value::Tensor;
-use tokenizers::{pad_encodings, Encoding, PaddingParams, Tokenizer};
+use tokenizers::{Encoding, PaddingParams, Tokenizer};
 
 use super::minilm::BertTokenizer;
 use super::{EmbedError, Embedder};
@@ -189,16 +189,12 @@ impl OnnxEmbedder {
         session: &mut Session,
         encodings: Vec<Encoding>,
     ) -> Result<Vec<Vec<f32>>, EmbedError> {
-        super::batching::embed_length_sorted(
+        super::minilm::embed_padded(
             encodings,
-            Encoding::len,
+            &self.padding,
             SUB_BATCH_TOKENS,
             MAX_SUB_BATCH,
-            |mut sub| {
-                pad_encodings(&mut sub, &self.padding)
-                    .map_err(|e| EmbedError::Tokenizer(e.to_string()))?;
-                self.forward_padded(session, &sub)
-            },
+            |sub| self.forward_padded(session, sub),
         )
     }
 
