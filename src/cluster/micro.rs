@@ -667,6 +667,10 @@ impl RecentJoins {
 pub struct Reservoir {
     capacity: usize,
     items: Vec<ReservoirItem>,
+    /// Bumped whenever `items` changes, so a label computed from them knows when it is stale.
+    /// Not serialised: a restored state starts with an empty label memo.
+    #[serde(skip)]
+    revision: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -680,6 +684,7 @@ impl Reservoir {
         Reservoir {
             capacity,
             items: Vec::new(),
+            revision: 0,
         }
     }
 
@@ -700,16 +705,23 @@ impl Reservoir {
         };
         if self.items.len() < self.capacity {
             self.items.push(item);
+            self.revision += 1;
             return;
         }
         let slot = xxhash_rust::xxh3::xxh3_64(&conversation_key.to_le_bytes()) % seen.max(1);
         if let Some(existing) = self.items.get_mut(slot as usize) {
             *existing = item;
+            self.revision += 1;
         }
     }
 
     pub fn items(&self) -> &[ReservoirItem] {
         &self.items
+    }
+
+    /// Changes whenever [`Self::items`] does.
+    pub fn revision(&self) -> u64 {
+        self.revision
     }
 
     /// Combines two samples of populations of `mine` and `theirs` members into one sample of
@@ -725,6 +737,7 @@ impl Reservoir {
         self.items.truncate(keep);
         self.items
             .extend(other.items.iter().take(self.capacity - keep).cloned());
+        self.revision += 1;
     }
 }
 

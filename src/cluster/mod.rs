@@ -12,6 +12,7 @@ pub mod distinct;
 pub mod hierarchy;
 pub mod hierarchy_job;
 pub mod index;
+pub mod label_cache;
 pub mod lifecycle;
 pub mod micro;
 pub mod names;

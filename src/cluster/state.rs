@@ -17,6 +17,7 @@ use super::dedup::SeenConversations;
 use super::hierarchy::{HierarchyBuild, HierarchyInputs, HierarchyMember, LevelItem, TopicTracker};
 use super::hierarchy_job::PendingHierarchy;
 use super::index::{better_of, dot, CentroidIndex, ExactScanIndex, HnswIndex};
+use super::label_cache::KeywordLabels;
 use super::lifecycle::{LifecycleEvent, LifecycleKind};
 use super::micro::{MicroCluster, ReservoirItem};
 use super::names::{
@@ -26,7 +27,7 @@ use super::names::{
 use super::ClusterId;
 use crate::config::{ClusterSettings, IndexKind};
 use crate::event::EventMeta;
-use crate::privacy::{audit_name, shown_label, LabelVerdict, GENERIC_LABEL};
+use crate::privacy::{audit_name, LabelVerdict, GENERIC_LABEL};
 use crate::summarize::Summary;
 
 /// What happened to one event.
@@ -98,6 +99,8 @@ pub struct ClusterState {
     /// A hierarchy rebuild running beside the cluster stage, applied at a fixed later event
     /// count (see `hierarchy_job.rs`).
     pending_hierarchy: Option<PendingHierarchy>,
+    /// Shown keyword labels, kept while their inputs are unchanged (see `label_cache.rs`).
+    keyword_labels: KeywordLabels,
 }
 
 /// Joins kept for detection windows unless the pipeline says otherwise: an hour.
@@ -239,6 +242,7 @@ impl ClusterState {
             names: NameBook::default(),
             llm_labels: false,
             pending_hierarchy: None,
+            keyword_labels: KeywordLabels::default(),
         }
     }
 
@@ -509,6 +513,8 @@ impl ClusterState {
         let clusters = &self.clusters;
         self.names
             .retain(|k| k.level != Level::Cluster || clusters.contains_key(&k.id));
+        self.keyword_labels
+            .retain_clusters(|id| clusters.contains_key(&id));
         self.drain_lifecycle()
     }
 
@@ -791,6 +797,7 @@ impl ClusterState {
         self.term_weights = build.term_weights;
         self.topic_labels = build.topic_labels;
         self.domain_labels = build.domain_labels;
+        self.keyword_labels.clear();
         let (topics, domains) = (&self.topic_labels, &self.domain_labels);
         self.names.retain(|k| match k.level {
             Level::Cluster => true,
@@ -899,6 +906,7 @@ impl ClusterState {
                 level: Level::Cluster,
                 id: cluster.id,
             },
+            cluster.reservoir.revision(),
             || self.label_of(cluster),
         )
     }
@@ -910,7 +918,7 @@ impl ClusterState {
             level: Level::Topic,
             id: topic,
         };
-        Some(self.shown_group_label(key, || keyword).0)
+        Some(self.shown_group_label(key, 0, || keyword).0)
     }
 
     /// The label to show for domain `domain`.
@@ -920,12 +928,15 @@ impl ClusterState {
             level: Level::Domain,
             id: domain,
         };
-        Some(self.shown_group_label(key, || keyword).0)
+        Some(self.shown_group_label(key, 0, || keyword).0)
     }
 
+    /// `revision` identifies the inputs of `keyword` (a cluster's reservoir revision; 0 for
+    /// topics and domains, whose keyword labels change only at a rebuild).
     fn shown_group_label(
         &self,
         key: NameKey,
+        revision: u64,
         keyword: impl FnOnce() -> String,
     ) -> (String, Option<String>, LabelVerdict) {
         let generic = || GENERIC_LABEL.to_string();
@@ -945,7 +956,7 @@ impl ClusterState {
             Some(GroupName { name: None, .. }) => (generic(), None, LabelVerdict::Pass),
             None if self.llm_labels => (generic(), None, LabelVerdict::Pass),
             None => {
-                let (label, verdict) = shown_label(&keyword());
+                let (label, verdict) = self.keyword_labels.shown(key, revision, keyword);
                 (label, None, verdict)
             }
         }
