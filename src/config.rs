@@ -361,6 +361,10 @@ pub struct ClusterSettings {
     /// 2 cores, see `bench clustering`) or `hnsw` (exact below `hnsw.min_graph_size`
     /// clusters, an instant-distance graph above).
     pub index: IndexKind,
+    /// Put an int8 screen in front of the exact scan (`cluster/index/screen.rs`): rows that
+    /// cannot win are ruled out on a quarter of the memory traffic, and only the rest are scored
+    /// in `f32`. The answers are the same as without it. true.
+    pub exact_screen: bool,
     pub hnsw: crate::cluster::index::hnsw::HnswSettings,
     pub hierarchy: HierarchySettings,
 }
@@ -426,6 +430,7 @@ impl Default for ClusterSettings {
             reservoir_size: 24,
             fresh_account_secs: 3600,
             index: IndexKind::Exact,
+            exact_screen: true,
             hnsw: Default::default(),
             hierarchy: Default::default(),
         }

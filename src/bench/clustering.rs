@@ -28,8 +28,9 @@ pub struct ClusteringBenchArgs {
     /// Live cluster counts to measure at.
     #[arg(long, value_delimiter = ',', default_value = "1000,10000,20000")]
     pub clusters: Vec<usize>,
-    /// Indexes to measure.
-    #[arg(long, value_delimiter = ',', default_value = "exact,hnsw")]
+    /// Indexes to measure: `exact-plain` is the exact scan without its int8 screen
+    /// (`cluster.exact_screen = false`), the baseline for `exact`.
+    #[arg(long, value_delimiter = ',', default_value = "exact-plain,exact,hnsw")]
     pub indexes: Vec<String>,
     /// Vector dimension (all-MiniLM-L6-v2 gives 384).
     #[arg(long, default_value_t = 384)]
@@ -70,12 +71,12 @@ pub fn run(args: &ClusteringBenchArgs) -> anyhow::Result<()> {
         args.dimension
     );
     println!(
-        "{:<6} {:>5} {:>13} {:>9} {:>8} {:>11} {:>10} {:>12}",
+        "{:<11} {:>5} {:>13} {:>9} {:>8} {:>11} {:>10} {:>12}",
         "index", "batch", "live_clusters", "events", "seconds", "events/s", "recall@1", "to 100k/s"
     );
     for &clusters in &args.clusters {
-        for kind in [IndexKind::Exact, IndexKind::Hnsw] {
-            if !args.indexes.iter().any(|i| i == index_name(kind)) {
+        for (name, kind, screen) in INDEXES {
+            if !args.indexes.iter().any(|i| i == name) {
                 continue;
             }
             for &batch in &args.batch {
@@ -83,10 +84,15 @@ pub fn run(args: &ClusteringBenchArgs) -> anyhow::Result<()> {
                     // No batched path: it would measure the same as batch 1.
                     continue;
                 }
-                let cell = measure_speed(kind, clusters, args.dimension, args.seconds, batch)?;
+                let settings = ClusterSettings {
+                    index: kind,
+                    exact_screen: screen,
+                    ..Default::default()
+                };
+                let cell = measure_speed(settings, clusters, args.dimension, args.seconds, batch)?;
                 println!(
-                    "{:<6} {:>5} {:>13} {:>9} {:>8.2} {:>11.0} {:>10} {:>11.1}x",
-                    index_name(kind),
+                    "{:<11} {:>5} {:>13} {:>9} {:>8.2} {:>11.0} {:>10} {:>11.1}x",
+                    name,
                     batch,
                     cell.live_clusters,
                     cell.events,
@@ -108,12 +114,12 @@ pub fn run(args: &ClusteringBenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn index_name(kind: IndexKind) -> &'static str {
-    match kind {
-        IndexKind::Exact => "exact",
-        IndexKind::Hnsw => "hnsw",
-    }
-}
+/// The `--indexes` names: (name, index, int8 screen in front of the exact scan).
+const INDEXES: [(&str, IndexKind, bool); 3] = [
+    ("exact-plain", IndexKind::Exact, false),
+    ("exact", IndexKind::Exact, true),
+    ("hnsw", IndexKind::Hnsw, true),
+];
 
 struct SpeedCell {
     live_clusters: usize,
@@ -125,13 +131,6 @@ struct SpeedCell {
 impl SpeedCell {
     fn events_per_sec(&self) -> f64 {
         self.events as f64 / self.seconds.max(1e-9)
-    }
-}
-
-fn settings(kind: IndexKind) -> ClusterSettings {
-    ClusterSettings {
-        index: kind,
-        ..Default::default()
     }
 }
 
@@ -174,15 +173,15 @@ impl EventMaker {
 }
 
 fn measure_speed(
-    kind: IndexKind,
+    settings: ClusterSettings,
     topics: usize,
     dimension: usize,
     min_seconds: f64,
     batch: usize,
 ) -> anyhow::Result<SpeedCell> {
     let mut space = TopicSpace::new(topics, dimension, MEMBER_COSINE, 42);
-    let mut state =
-        ClusterState::new(settings(kind), dimension, "bench").with_background_index_builds();
+    let kind = settings.index;
+    let mut state = ClusterState::new(settings, dimension, "bench").with_background_index_builds();
     let mut events = EventMaker::new();
     // One founding member per topic, loaded in prefetched batches (not timed).
     for first in (0..topics).step_by(64) {
@@ -355,7 +354,10 @@ fn compare_with_bertopic(args: &ClusteringBenchArgs) -> anyhow::Result<()> {
         "{:<22} {:>10.0} {:>8.4} {:>8.4} {:>8}",
         format!(
             "clusterwatch ({})",
-            index_name(ClusterSettings::default().index)
+            match ClusterSettings::default().index {
+                IndexKind::Exact => "exact",
+                IndexKind::Hnsw => "hnsw",
+            }
         ),
         ours_rate,
         ours.nmi,

@@ -211,7 +211,9 @@ fn new_index(
     deterministic: bool,
 ) -> Box<dyn CentroidIndex> {
     match settings.index {
-        IndexKind::Exact => Box::new(ExactScanIndex::new(dimension)),
+        IndexKind::Exact => {
+            Box::new(ExactScanIndex::new(dimension).with_screen(settings.exact_screen))
+        }
         IndexKind::Hnsw => Box::new(HnswIndex::new(dimension, settings.hnsw, deterministic)),
     }
 }

@@ -2,14 +2,24 @@
 //! pass of dot products the compiler vectorises. It is exact, which makes it the reference the
 //! approximate index is tested against, and it is the fastest choice up to a few thousand
 //! clusters.
+//!
+//! From [`SCREEN_MIN_ROWS`] rows on, a single query first passes over an int8 copy of the rows
+//! (`screen.rs`) and takes full-precision dot products only of the rows that could still win;
+//! the answer is the same as the full scan's.
 
 use std::collections::HashMap;
 
+use super::screen::Screen;
 use super::{better_of, dot, dot4, push_top_k, CentroidIndex};
 
 /// Rows scanned per block of a batched query: 256 rows of 384 floats are 384 KiB, which stay in
 /// L2 while every waiting query passes over them.
 const BLOCK_ROWS: usize = 256;
+
+/// Rows from which single queries are screened: below this the `f32` rows stay in cache and the
+/// extra pass costs more than it saves.
+const SCREEN_MIN_ROWS: usize = 512;
+
 use crate::cluster::ClusterId;
 
 /// Exact linear scan over contiguous rows.
@@ -18,6 +28,10 @@ pub struct ExactScanIndex {
     rows: Vec<f32>,
     ids: Vec<ClusterId>,
     row_of: HashMap<ClusterId, usize>,
+    /// The same rows in int8, in the same order.
+    screen: Screen,
+    /// Single queries are screened from this many rows on (`usize::MAX`: never).
+    screen_min_rows: usize,
 }
 
 impl ExactScanIndex {
@@ -27,13 +41,31 @@ impl ExactScanIndex {
             rows: Vec::new(),
             ids: Vec::new(),
             row_of: HashMap::new(),
+            screen: Screen::new(dimension),
+            screen_min_rows: SCREEN_MIN_ROWS,
         }
+    }
+
+    /// With `false`, every query takes the plain `f32` scan (the baseline `bench clustering`
+    /// measures the screen against; the answers are the same).
+    pub fn with_screen(mut self, screen: bool) -> Self {
+        self.screen_min_rows = if screen { SCREEN_MIN_ROWS } else { usize::MAX };
+        self
     }
 }
 
 impl ExactScanIndex {
     /// The exact nearest centroid; `&self`, so other indexes can use it as their exact part.
     pub fn scan(&self, query: &[f32], exclude: Option<ClusterId>) -> Option<(ClusterId, f32)> {
+        if self.ids.len() >= self.screen_min_rows {
+            if let Some(best) = self.scan_screened(query, exclude) {
+                return best;
+            }
+        }
+        self.scan_all(query, exclude)
+    }
+
+    fn scan_all(&self, query: &[f32], exclude: Option<ClusterId>) -> Option<(ClusterId, f32)> {
         let mut best: Option<(ClusterId, f32)> = None;
         for (row, id) in self.rows.chunks_exact(self.dimension).zip(&self.ids) {
             if Some(*id) != exclude {
@@ -41,6 +73,48 @@ impl ExactScanIndex {
             }
         }
         best
+    }
+
+    /// [`Self::scan`] through the int8 screen: the best screened lower bound so far is a floor
+    /// the winner's exact score reaches, so only rows whose upper bound reaches the final floor
+    /// are rescored exactly. `None` when the query cannot be screened.
+    fn scan_screened(
+        &self,
+        query: &[f32],
+        exclude: Option<ClusterId>,
+    ) -> Option<Option<(ClusterId, f32)>> {
+        let top = self.screened_top_k(query, 1, exclude)?;
+        Some(top.first().copied())
+    }
+
+    /// The `k` best rows for `query` (best first, as [`push_top_k`] orders them), screened: a
+    /// row is rescored only if its upper bound reaches the k-th best lower bound. The floor only
+    /// rises during the pass, so a row below it when seen stays out.
+    fn screened_top_k(
+        &self,
+        query: &[f32],
+        k: usize,
+        exclude: Option<ClusterId>,
+    ) -> Option<Vec<(ClusterId, f32)>> {
+        let k = k.max(1);
+        let coded = self.screen.query(query)?;
+        let (mut lower, upper) = self.screen.bounds(&coded);
+        let excluded = exclude.and_then(|id| self.row_of.get(&id).copied());
+        if let Some(row) = excluded {
+            lower[row] = f32::NEG_INFINITY;
+        }
+        let floor = kth_largest(&lower, k);
+        let mut best: Vec<(ClusterId, f32)> = Vec::with_capacity(k + 1);
+        for (i, hi) in upper.iter().enumerate() {
+            if *hi >= floor && Some(i) != excluded {
+                push_top_k(&mut best, (self.ids[i], dot(self.row(i), query)), k);
+            }
+        }
+        Some(best)
+    }
+
+    fn row(&self, index: usize) -> &[f32] {
+        &self.rows[index * self.dimension..(index + 1) * self.dimension]
     }
 
     /// The current centroid of `id`.
@@ -74,12 +148,16 @@ impl CentroidIndex for ExactScanIndex {
     fn upsert(&mut self, id: ClusterId, centroid: &[f32]) {
         debug_assert_eq!(centroid.len(), self.dimension);
         match self.row_of.get(&id) {
-            Some(&row) => self.rows[row * self.dimension..(row + 1) * self.dimension]
-                .copy_from_slice(centroid),
+            Some(&row) => {
+                self.rows[row * self.dimension..(row + 1) * self.dimension]
+                    .copy_from_slice(centroid);
+                self.screen.set(row, centroid);
+            }
             None => {
                 self.row_of.insert(id, self.ids.len());
                 self.ids.push(id);
                 self.rows.extend_from_slice(centroid);
+                self.screen.push(centroid);
             }
         }
     }
@@ -98,6 +176,7 @@ impl CentroidIndex for ExactScanIndex {
             self.ids[row] = moved;
             self.row_of.insert(moved, row);
         }
+        self.screen.swap_remove(row);
         self.ids.pop();
         self.rows.truncate(last * self.dimension);
     }
@@ -108,6 +187,15 @@ impl CentroidIndex for ExactScanIndex {
 
     fn top_k_batch(&self, queries: &[&[f32]], k: usize) -> Option<Vec<Vec<(ClusterId, f32)>>> {
         let k = k.max(1);
+        if self.ids.len() >= self.screen_min_rows {
+            let screened: Option<Vec<_>> = queries
+                .iter()
+                .map(|q| self.screened_top_k(q, k, None))
+                .collect();
+            if screened.is_some() {
+                return screened;
+            }
+        }
         let mut best: Vec<Vec<(ClusterId, f32)>> = vec![Vec::with_capacity(k + 1); queries.len()];
         let block = BLOCK_ROWS * self.dimension;
         for (b, rows) in self.rows.chunks(block).enumerate() {
@@ -130,6 +218,25 @@ impl CentroidIndex for ExactScanIndex {
             }
         }
         Some(best)
+    }
+}
+
+/// The `k`-th largest value of `values` (`-∞` when there are fewer). One pass that keeps the
+/// `k` largest so far; past the first few rows almost every value falls below them.
+fn kth_largest(values: &[f32], k: usize) -> f32 {
+    let mut top: Vec<f32> = Vec::with_capacity(k + 1);
+    for &v in values {
+        if top.len() == k && v <= top[k - 1] {
+            continue;
+        }
+        let at = top.partition_point(|t| *t >= v);
+        top.insert(at, v);
+        top.truncate(k);
+    }
+    if top.len() == k {
+        top[k - 1]
+    } else {
+        f32::NEG_INFINITY
     }
 }
 
@@ -161,6 +268,61 @@ mod tests {
             assert!(top[0].1 >= top[1].1 && top[1].1 >= top[2].1);
             assert_eq!(Some(top[1]), idx.scan(q, Some(top[0].0)));
         }
+    }
+
+    #[test]
+    fn the_screen_gives_the_plain_scans_answers_ties_included() {
+        let dim = 64;
+        let vector = |seed: u64| -> Vec<f32> {
+            let raw: Vec<f32> = (0..dim as u64)
+                .map(|i| {
+                    let h = xxhash_rust::xxh3::xxh3_64(&(seed * 7919 + i).to_le_bytes());
+                    (h % 2001) as f32 / 1000.0 - 1.0
+                })
+                .collect();
+            unit(&raw)
+        };
+        let mut screened = ExactScanIndex::new(dim);
+        let mut plain = ExactScanIndex::new(dim).with_screen(false);
+        let mut upsert = |id: u64, v: &[f32]| {
+            screened.upsert(id, v);
+            plain.upsert(id, v);
+        };
+        for id in 1..=1200u64 {
+            upsert(id, &vector(id));
+        }
+        // Exact duplicates under other ids (ties go to the older id), and near-duplicates
+        // that differ from a row in one component by less than a code step.
+        for id in 1201..=1260u64 {
+            upsert(id, &vector(id - 1200));
+        }
+        for id in 1261..=1320u64 {
+            let mut v = vector(id - 1200);
+            v[3] += 1e-4;
+            upsert(id, &unit(&v));
+        }
+        // Moves and removals keep the int8 rows in step with the f32 rows.
+        for id in (1..=1200u64).step_by(7) {
+            upsert(id, &vector(id + 5000));
+        }
+        for id in (2..=1200u64).step_by(11) {
+            screened.remove(id);
+            plain.remove(id);
+        }
+        assert!(screened.len() >= SCREEN_MIN_ROWS);
+        let queries: Vec<Vec<f32>> = (9000..9100)
+            .map(vector)
+            .chain((1..=60).map(vector))
+            .collect();
+        for q in &queries {
+            for exclude in [None, Some(1), plain.scan(q, None).map(|b| b.0)] {
+                assert_eq!(screened.scan(q, exclude), plain.scan(q, exclude));
+            }
+        }
+        let refs: Vec<&[f32]> = queries.iter().map(|q| q.as_slice()).collect();
+        assert_eq!(screened.top_k_batch(&refs, 4), plain.top_k_batch(&refs, 4));
+        assert_eq!(kth_largest(&[1.0, 3.0, 2.0], 2), 2.0);
+        assert_eq!(kth_largest(&[1.0], 2), f32::NEG_INFINITY);
     }
 
     #[test]

@@ -10,6 +10,7 @@
 
 pub mod exact;
 pub mod hnsw;
+pub mod screen;
 
 use super::ClusterId;
 

@@ -1,0 +1,313 @@
+//! An int8 copy of the exact index's rows, used to screen out rows that cannot win before any
+//! full-precision dot product is taken.
+//!
+//! Why: with a few thousand live clusters the exact scan reads every centroid for every event
+//! (4 MB at 4,000 clusters of 256 floats), which no longer fits in cache; profiles of `bench
+//! soak` and `bench clustering` put nearly all of the cluster stage's time in that scan. The int8
+//! rows are a quarter of the size, and an int8 × int8 dot product takes a quarter of the
+//! instructions of the `f32` one.
+//!
+//! The screen never changes a result. A row `r` is stored as `codes · scale` with
+//! `|r_i − code_i · scale| ≤ scale / 2`, and the query is coded the same way. The integer dot
+//! product of the codes is exact, so the screened score lies within a bound of the exact one
+//! that follows from the two coding errors and from float rounding ([`Screen::scores`]). A row
+//! whose screened score plus its bound is below the best (or k-th best) screened score minus its
+//! bound cannot beat that row in the exact comparison; every other row is rescored with the same
+//! exact `dot` as before. So the screened scan returns exactly what the full scan returns, ties
+//! included (tests here and in `exact.rs` compare the two).
+
+/// Largest code magnitude: a symmetric range, so negating a vector negates its codes, and the
+/// AVX2 kernel's `|a| · b` pairs never saturate (2 · 127 · 127 < 32,767).
+const CODE_MAX: f32 = 127.0;
+
+/// int8 rows, row-major like the exact index's `f32` rows, with one scale per row.
+#[derive(Default)]
+pub struct Screen {
+    dimension: usize,
+    codes: Vec<i8>,
+    scales: Vec<f32>,
+    /// Σ|code| of each row, for the bound.
+    code_l1: Vec<f32>,
+}
+
+/// A query coded for the screen.
+pub struct ScreenQuery {
+    codes: Vec<i8>,
+    scale: f32,
+    code_l1: f32,
+    /// ‖q‖₁ of the `f32` query, for the rounding term.
+    l1: f32,
+}
+
+impl Screen {
+    pub fn new(dimension: usize) -> Self {
+        Screen {
+            dimension,
+            ..Default::default()
+        }
+    }
+
+    /// Appends the code of `row` as the last row.
+    pub fn push(&mut self, row: &[f32]) {
+        let start = self.codes.len();
+        self.codes.resize(start + self.dimension, 0);
+        let (scale, l1) = quantise(row, &mut self.codes[start..]);
+        self.scales.push(scale);
+        self.code_l1.push(l1);
+    }
+
+    /// Replaces row `index` with the code of `row`.
+    pub fn set(&mut self, index: usize, row: &[f32]) {
+        let d = self.dimension;
+        let (scale, l1) = quantise(row, &mut self.codes[index * d..(index + 1) * d]);
+        self.scales[index] = scale;
+        self.code_l1[index] = l1;
+    }
+
+    /// Moves the last row into `index` and drops the last row (the exact index's swap-remove).
+    pub fn swap_remove(&mut self, index: usize) {
+        let d = self.dimension;
+        let last = self.scales.len() - 1;
+        if index != last {
+            self.codes.copy_within(last * d..(last + 1) * d, index * d);
+            self.scales[index] = self.scales[last];
+            self.code_l1[index] = self.code_l1[last];
+        }
+        self.codes.truncate(last * d);
+        self.scales.pop();
+        self.code_l1.pop();
+    }
+
+    /// Codes `query` for [`Self::scores`]; `None` when a component is not finite (no bound
+    /// holds; callers scan exactly).
+    pub fn query(&self, query: &[f32]) -> Option<ScreenQuery> {
+        let l1: f32 = query.iter().map(|x| x.abs()).sum();
+        if !l1.is_finite() || query.len() != self.dimension {
+            return None;
+        }
+        let mut codes = vec![0i8; query.len()];
+        let (scale, code_l1) = quantise(query, &mut codes);
+        Some(ScreenQuery {
+            codes,
+            scale,
+            code_l1,
+            l1,
+        })
+    }
+
+    /// For each row, `(screened score, bound)`: the exact dot product of the row with the query,
+    /// as computed by `index::dot`, lies within `bound` of the screened score.
+    ///
+    /// With `q = q̂ + e` and `r = r̂ + d` (the coded vectors and their errors, each component at
+    /// most half a step, widened by 1 % for the rounding of `x / scale` itself):
+    /// `q·r − q̂·r̂ = q̂·d + e·r̂ + e·d`, bounded by `0.505 · s_q · s_r · (Σ|q codes| + Σ|r codes|)`
+    /// plus `0.26 · n · s_q · s_r`. `q̂·r̂` is an exact integer times `s_q · s_r` (two float
+    /// roundings). The exact `dot` itself sums `n` products, off by at most
+    /// `n · ε · ‖q‖₁ · max|r_i|` with `max|r_i| = 127 · s_r`; that term is taken 2.5 times.
+    pub fn scores<'a>(&'a self, query: &'a ScreenQuery) -> impl Iterator<Item = (f32, f32)> + 'a {
+        let (lower, upper) = self.bounds(query);
+        lower
+            .into_iter()
+            .zip(upper)
+            .map(|(lo, hi)| ((lo + hi) / 2.0, (hi - lo) / 2.0))
+    }
+
+    /// For each row, the lower and upper bound of its exact score (see [`Self::scores`]), in
+    /// two arrays: simple loops over slices, which the compiler vectorises.
+    pub fn bounds(&self, query: &ScreenQuery) -> (Vec<f32>, Vec<f32>) {
+        let n = self.dimension as f32;
+        let rounding = 2.5 * n * f32::EPSILON * query.l1 * (CODE_MAX + 1.0);
+        let shared = 0.505 * query.code_l1 + 0.26 * n;
+        let dots = dot_codes_rows(&self.codes, &query.codes);
+        let mut lower = Vec::with_capacity(dots.len());
+        let mut upper = Vec::with_capacity(dots.len());
+        for ((dot, &scale), &row_l1) in dots.iter().zip(&self.scales).zip(&self.code_l1) {
+            let product = query.scale * scale;
+            let score = *dot as f32 * product;
+            let bound = product * (shared + 0.505 * row_l1)
+                + rounding * scale
+                + 4.0 * f32::EPSILON * score.abs();
+            lower.push(score - bound);
+            upper.push(score + bound);
+        }
+        (lower, upper)
+    }
+}
+
+/// The integer dot product of `query` with every row of `rows` (row-major, `query.len()` wide),
+/// in one call so the vector kernel inlines into the loop over rows.
+fn dot_codes_rows(rows: &[i8], query: &[i8]) -> Vec<i32> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if has_avx2() {
+            // SAFETY: the CPU supports AVX2 (`has_avx2`).
+            return unsafe { dot_codes_rows_avx2(rows, query) };
+        }
+    }
+    rows.chunks_exact(query.len().max(1))
+        .map(|row| dot_codes_portable(row, query))
+        .collect()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn dot_codes_rows_avx2(rows: &[i8], query: &[i8]) -> Vec<i32> {
+    rows.chunks_exact(query.len().max(1))
+        .map(|row| dot_codes_avx2(row, query))
+        .collect()
+}
+
+/// Writes the codes of `v` into `out`; returns the scale (0 for an all-zero vector) and Σ|code|.
+fn quantise(v: &[f32], out: &mut [i8]) -> (f32, f32) {
+    let max = v.iter().fold(0f32, |m, x| m.max(x.abs()));
+    if max == 0.0 || !max.is_finite() {
+        out.fill(0);
+        return (0.0, 0.0);
+    }
+    let scale = max / CODE_MAX;
+    let mut l1 = 0f32;
+    for (code, x) in out.iter_mut().zip(v) {
+        *code = (x / scale).round().clamp(-CODE_MAX, CODE_MAX) as i8;
+        l1 += f32::from(*code).abs();
+    }
+    (scale, l1)
+}
+
+fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx2")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// The exact integer dot product of two code vectors (every path gives the same: integer sums do
+/// not depend on order).
+fn dot_codes_portable(a: &[i8], b: &[i8]) -> i32 {
+    a.iter()
+        .zip(b)
+        .map(|(&x, &y)| i32::from(x) * i32::from(y))
+        .sum()
+}
+
+/// 32 codes per step: `maddubs` multiplies unsigned by signed bytes, so `a`'s sign is moved onto
+/// `b` first; pairs are summed to i16 (no saturation within ±127) and then to i32.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn dot_codes_avx2(a: &[i8], b: &[i8]) -> i32 {
+    use std::arch::x86_64::*;
+    let n = a.len().min(b.len());
+    let steps = n / 32;
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = _mm256_setzero_si256();
+    for step in 0..steps {
+        let at = step * 32;
+        // SAFETY: `at + 32 <= n`, so both 32-byte reads are in bounds; the loads are unaligned.
+        let va = _mm256_loadu_si256(a.as_ptr().add(at) as *const __m256i);
+        let vb = _mm256_loadu_si256(b.as_ptr().add(at) as *const __m256i);
+        let pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(va, va), _mm256_sign_epi8(vb, va));
+        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, ones));
+    }
+    let half = _mm_add_epi32(
+        _mm256_castsi256_si128(acc),
+        _mm256_extracti128_si256::<1>(acc),
+    );
+    let quarter = _mm_add_epi32(half, _mm_shuffle_epi32::<0b01_00_11_10>(half));
+    let one = _mm_add_epi32(quarter, _mm_shuffle_epi32::<0b10_11_00_01>(quarter));
+    _mm_cvtsi128_si32(one) + dot_codes_portable(&a[steps * 32..n], &b[steps * 32..n])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::index::dot;
+    use crate::cluster::index::tests::unit;
+
+    fn vector(seed: u64, dim: usize) -> Vec<f32> {
+        let raw: Vec<f32> = (0..dim as u64)
+            .map(|i| {
+                let h = xxhash_rust::xxh3::xxh3_64(&(seed * 1_000_003 + i).to_le_bytes());
+                (h % 2001) as f32 / 1000.0 - 1.0
+            })
+            .collect();
+        unit(&raw)
+    }
+
+    fn spike(dim: usize, at: usize) -> Vec<f32> {
+        let mut v = vec![1e-4f32; dim];
+        v[at % dim] = 1.0;
+        unit(&v)
+    }
+
+    #[test]
+    fn the_exact_score_is_always_within_the_bound() {
+        for dim in [3, 16, 33, 100, 256, 384] {
+            let mut screen = Screen::new(dim);
+            let mut rows: Vec<Vec<f32>> = (0..200).map(|s| vector(s, dim)).collect();
+            rows.push(spike(dim, 0));
+            rows.push(vec![0.0; dim]);
+            rows.iter().for_each(|r| screen.push(r));
+            let queries = (1000..1020).map(|s| vector(s, dim)).chain([
+                spike(dim, 0),
+                spike(dim, 1),
+                rows[7].clone(),
+            ]);
+            for q in queries {
+                let coded = screen.query(&q).unwrap();
+                for ((score, bound), row) in screen.scores(&coded).zip(&rows) {
+                    let exact = dot(row, &q);
+                    assert!(
+                        (exact - score).abs() <= bound,
+                        "dim {dim}: exact {exact}, screened {score} ± {bound}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_vector_kernel_agrees_with_the_portable_one() {
+        for n in [1, 31, 32, 33, 64, 255, 256, 384] {
+            let a: Vec<i8> = (0..n).map(|i| ((i * 37) % 255) as i8).collect();
+            let b: Vec<i8> = (0..n)
+                .map(|i| (127 - ((i * 53) % 255) as i32) as i8)
+                .collect();
+            let a: Vec<i8> = a.into_iter().map(|x| x.max(-127)).collect();
+            let b: Vec<i8> = b.into_iter().map(|x| x.max(-127)).collect();
+            // Three rows: the pair, the pair negated, and zeros.
+            let rows: Vec<i8> = a
+                .iter()
+                .copied()
+                .chain(a.iter().map(|x| -x))
+                .chain(std::iter::repeat_n(0, n))
+                .collect();
+            let want = dot_codes_portable(&a, &b);
+            assert_eq!(dot_codes_rows(&rows, &b), vec![want, -want, 0], "n={n}");
+        }
+    }
+
+    #[test]
+    fn set_and_swap_remove_keep_codes_aligned_with_rows() {
+        let dim = 32;
+        let mut screen = Screen::new(dim);
+        let rows: Vec<Vec<f32>> = (0..5).map(|s| vector(s, dim)).collect();
+        rows.iter().for_each(|r| screen.push(r));
+        screen.swap_remove(1); // rows now 0, 4, 2, 3
+        screen.set(2, &rows[0]); // rows now 0, 4, 0, 3
+        screen.push(&[0.0; 32]);
+        let q = vector(99, dim);
+        let coded = screen.query(&q).unwrap();
+        let scores: Vec<(f32, f32)> = screen.scores(&coded).collect();
+        assert_eq!(scores.len(), 5);
+        assert_eq!(scores[0], scores[2]);
+        for (at, row) in [(1, &rows[4]), (3, &rows[3])] {
+            assert!((scores[at].0 - dot(row, &q)).abs() <= scores[at].1);
+        }
+        assert_eq!(scores[4].0, 0.0);
+        assert!(screen.query(&[f32::NAN; 32]).is_none());
+    }
+}
