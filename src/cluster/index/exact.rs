@@ -244,7 +244,7 @@ fn kth_largest(values: &[f32], k: usize) -> f32 {
 mod tests {
     use super::*;
 
-    use crate::cluster::index::tests::unit;
+    use crate::cluster::index::tests::{seeded_unit, unit};
 
     #[test]
     fn batched_top_k_agrees_with_single_scans() {
@@ -273,15 +273,7 @@ mod tests {
     #[test]
     fn the_screen_gives_the_plain_scans_answers_ties_included() {
         let dim = 64;
-        let vector = |seed: u64| -> Vec<f32> {
-            let raw: Vec<f32> = (0..dim as u64)
-                .map(|i| {
-                    let h = xxhash_rust::xxh3::xxh3_64(&(seed * 7919 + i).to_le_bytes());
-                    (h % 2001) as f32 / 1000.0 - 1.0
-                })
-                .collect();
-            unit(&raw)
-        };
+        let vector = |seed: u64| seeded_unit(seed, dim);
         let mut screened = ExactScanIndex::new(dim);
         let mut plain = ExactScanIndex::new(dim).with_screen(false);
         let mut upsert = |id: u64, v: &[f32]| {

@@ -209,6 +209,17 @@ pub(crate) mod tests {
         v.iter().map(|x| x / n).collect()
     }
 
+    /// A unit vector of `dim` components drawn from `seed` (uniform in [-1, 1] before scaling).
+    pub(crate) fn seeded_unit(seed: u64, dim: usize) -> Vec<f32> {
+        let raw: Vec<f32> = (0..dim as u64)
+            .map(|i| {
+                let h = xxhash_rust::xxh3::xxh3_64(&(seed * 1_000_003 + i).to_le_bytes());
+                (h % 2001) as f32 / 1000.0 - 1.0
+            })
+            .collect();
+        unit(&raw)
+    }
+
     #[test]
     fn dot_matches_naive_for_odd_lengths() {
         for n in [0, 7, 19, 384, 390] {

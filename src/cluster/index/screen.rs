@@ -225,17 +225,7 @@ unsafe fn dot_codes_avx2(a: &[i8], b: &[i8]) -> i32 {
 mod tests {
     use super::*;
     use crate::cluster::index::dot;
-    use crate::cluster::index::tests::unit;
-
-    fn vector(seed: u64, dim: usize) -> Vec<f32> {
-        let raw: Vec<f32> = (0..dim as u64)
-            .map(|i| {
-                let h = xxhash_rust::xxh3::xxh3_64(&(seed * 1_000_003 + i).to_le_bytes());
-                (h % 2001) as f32 / 1000.0 - 1.0
-            })
-            .collect();
-        unit(&raw)
-    }
+    use crate::cluster::index::tests::{seeded_unit as vector, unit};
 
     fn spike(dim: usize, at: usize) -> Vec<f32> {
         let mut v = vec![1e-4f32; dim];
