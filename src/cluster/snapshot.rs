@@ -28,6 +28,10 @@ use super::ClusterId;
 const MAGIC: &[u8; 8] = b"CWSNAP\0\0";
 /// Bumped whenever [`SnapshotBody`] changes shape; older files are refused with a clear error.
 pub const FORMAT_VERSION: u32 = 5;
+/// Magic, format version and payload length.
+const HEADER_LEN: usize = 8 + 4 + 8;
+/// The xxh3-64 of the payload, after it.
+const CHECKSUM_LEN: usize = 8;
 
 /// Everything cluster state needs to continue where it stopped.
 #[derive(Debug, Serialize, Deserialize)]
@@ -116,14 +120,22 @@ pub fn snapshot_path(dir: &Path, group_id: &str) -> PathBuf {
 }
 
 /// Encodes `body` into the versioned file format.
+///
+/// The body is measured first and written into one buffer of exactly the file's size. The state
+/// runs to tens of MiB; growing a buffer by doubling and then copying it behind the header made
+/// transient peaks of about three times that, which the allocator kept as resident memory long
+/// after the snapshot was written (a soak showed RSS step up by ~80 MiB at each snapshot).
 pub fn encode(body: &SnapshotBody) -> Vec<u8> {
-    let payload = postcard::to_stdvec(body).expect("snapshot types always serialize");
-    let mut out = Vec::with_capacity(payload.len() + 28);
+    let payload_len =
+        postcard::experimental::serialized_size(body).expect("snapshot types always serialize");
+    let mut out = Vec::with_capacity(HEADER_LEN + payload_len + CHECKSUM_LEN);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-    out.extend_from_slice(&payload);
-    out.extend_from_slice(&xxhash_rust::xxh3::xxh3_64(&payload).to_le_bytes());
+    out.extend_from_slice(&(payload_len as u64).to_le_bytes());
+    let mut out = postcard::to_extend(body, out).expect("snapshot types always serialize");
+    debug_assert_eq!(out.len(), HEADER_LEN + payload_len);
+    let checksum = xxhash_rust::xxh3::xxh3_64(&out[HEADER_LEN..]);
+    out.extend_from_slice(&checksum.to_le_bytes());
     out
 }
 
@@ -133,7 +145,7 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<SnapshotBody, SnapshotError> 
         path: path.to_path_buf(),
         detail: detail.to_string(),
     };
-    if bytes.len() < 20 || &bytes[..8] != MAGIC {
+    if bytes.len() < HEADER_LEN || &bytes[..8] != MAGIC {
         return Err(SnapshotError::NotASnapshot {
             path: path.to_path_buf(),
         });
@@ -148,10 +160,10 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<SnapshotBody, SnapshotError> 
     let len = u64::from_le_bytes(bytes[12..20].try_into().expect("8 bytes"));
     let end = usize::try_from(len)
         .ok()
-        .and_then(|l| l.checked_add(20))
-        .filter(|end| end.checked_add(8) == Some(bytes.len()))
+        .and_then(|l| l.checked_add(HEADER_LEN))
+        .filter(|end| end.checked_add(CHECKSUM_LEN) == Some(bytes.len()))
         .ok_or_else(|| damaged("length does not match the file size"))?;
-    let payload = &bytes[20..end];
+    let payload = &bytes[HEADER_LEN..end];
     let checksum = u64::from_le_bytes(bytes[end..].try_into().expect("8 bytes"));
     if xxhash_rust::xxh3::xxh3_64(payload) != checksum {
         return Err(damaged("checksum mismatch"));
@@ -219,6 +231,8 @@ mod tests {
     #[test]
     fn round_trips_and_refuses_damage_and_other_versions() {
         let bytes = encode(&body());
+        // Written into one buffer of exactly the file's size: no doubling slack, no second copy.
+        assert_eq!(bytes.capacity(), bytes.len());
         let p = Path::new("x.snapshot");
         let back = decode(&bytes, p).unwrap();
         assert_eq!(back.offsets, body().offsets);

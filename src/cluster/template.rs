@@ -15,8 +15,6 @@
 //! The fingerprint is computed in the summarize stage, before raw text is dropped. It never
 //! leaves the process, and only duplication shares are reported.
 
-use std::collections::HashSet;
-
 use serde::{Deserialize, Serialize};
 
 use crate::event::{ConversationEvent, Role};
@@ -115,7 +113,11 @@ struct TrackedKey {
     /// Members counted for it (space-saving: may include an inherited overestimate `error`).
     count: u64,
     error: u64,
-    accounts: HashSet<u64>,
+    /// Distinct account keys, at most `ACCOUNTS_PER_TEMPLATE`, in arrival order. A plain vector
+    /// searched linearly: 48 of these per cluster, and a hash set of 64 keys takes more than
+    /// twice the memory (a soak's state grew by that much as clusters' tallies filled up). It
+    /// serialises exactly like the set it replaced, so older snapshots load.
+    accounts: Vec<u64>,
 }
 
 /// The heaviest keys of a cluster's members, with how many distinct accounts used each. Keyed by
@@ -144,7 +146,7 @@ impl TemplateTally {
                     key,
                     count: 0,
                     error: 0,
-                    accounts: HashSet::new(),
+                    accounts: Vec::new(),
                 });
                 self.tracked.len() - 1
             }
@@ -161,7 +163,7 @@ impl TemplateTally {
                     key,
                     count: lightest,
                     error: lightest,
-                    accounts: HashSet::new(),
+                    accounts: Vec::new(),
                 };
                 i
             }
@@ -173,7 +175,9 @@ impl TemplateTally {
             if t.accounts.len() >= ACCOUNTS_PER_TEMPLATE {
                 break;
             }
-            t.accounts.insert(a);
+            if !t.accounts.contains(&a) {
+                t.accounts.push(a);
+            }
         }
     }
 
@@ -308,5 +312,49 @@ mod tests {
         merged.merge(&habit);
         assert!(merged.duplication_rate(10) > 0.85);
         assert!(merged.tracked.len() <= TRACKED_KEYS);
+    }
+
+    #[test]
+    fn account_lists_stay_distinct_and_capped_and_older_snapshots_load() {
+        let script = fp("Generate 10 unique promo codes for store 00 with 0% off");
+        let mut tally = TemplateTally::default();
+        for _round in 0..3 {
+            for account in 0..2 * ACCOUNTS_PER_TEMPLATE as u64 {
+                tally.record([script], account);
+            }
+        }
+        let accounts = &tally.tracked[0].accounts;
+        assert_eq!(accounts.len(), ACCOUNTS_PER_TEMPLATE);
+        let mut distinct = accounts.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(distinct.len(), ACCOUNTS_PER_TEMPLATE);
+
+        // Snapshots written before the list held the accounts in a hash set: the same shape.
+        #[derive(Serialize)]
+        struct SetTrackedKey {
+            key: u64,
+            count: u64,
+            error: u64,
+            accounts: std::collections::HashSet<u64>,
+        }
+        #[derive(Serialize)]
+        struct SetTally {
+            tracked: Vec<SetTrackedKey>,
+            members: u64,
+        }
+        let older = SetTally {
+            tracked: vec![SetTrackedKey {
+                key: script,
+                count: 3,
+                error: 0,
+                accounts: [1, 2, 3].into_iter().collect(),
+            }],
+            members: 3,
+        };
+        let back: TemplateTally =
+            postcard::from_bytes(&postcard::to_stdvec(&older).unwrap()).unwrap();
+        assert_eq!(back.duplication_rate(3), 1.0);
+        assert_eq!(back.duplication_rate(4), 0.0);
     }
 }
