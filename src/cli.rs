@@ -277,6 +277,9 @@ async fn run(
         reset_clusters,
         ..Default::default()
     };
+    // Lives until `run` returns; dropping it stops and joins the thread.
+    let _trimmer =
+        crate::heap::HeapTrimmer::start(&settings.memory, options.metrics.heap_trims.clone());
     if reset_clusters && role != Role::All {
         anyhow::bail!("--reset-clusters applies to --role all; remove the shard snapshots instead");
     }

@@ -34,6 +34,7 @@ pub struct Settings {
     pub snapshot: SnapshotSettings,
     pub investigation: crate::investigation::InvestigationSettings,
     pub scale: ScaleSettings,
+    pub memory: crate::heap::MemorySettings,
 }
 
 impl Settings {
@@ -712,11 +713,15 @@ pub struct SnapshotSettings {
     pub every_events: u64,
 }
 
+impl SnapshotSettings {
+    pub const DEFAULT_INTERVAL_SECS: u64 = 60;
+}
+
 impl Default for SnapshotSettings {
     fn default() -> Self {
         SnapshotSettings {
             dir: String::new(),
-            interval_secs: 60,
+            interval_secs: Self::DEFAULT_INTERVAL_SECS,
             every_events: 100_000,
         }
     }

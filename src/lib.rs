@@ -23,6 +23,7 @@ pub mod embed;
 pub mod eval;
 pub mod event;
 pub mod export;
+pub mod heap;
 pub mod investigation;
 pub mod llm;
 pub mod naming;

@@ -70,6 +70,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     );
 
     let metrics = Metrics::new();
+    let _trimmer = crate::heap::HeapTrimmer::start(&settings.memory, metrics.heap_trims.clone());
     let (trigger, _) = crate::shutdown::channel();
     tokio::spawn(crate::shutdown::on_signal(trigger.clone()));
 

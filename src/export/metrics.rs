@@ -5,8 +5,8 @@
 //! [`Registry`] rather than the global default, so tests can run several pipelines in one process.
 //!
 //! Labels are bounded by construction: `stage`, `reason`, `surface`, `kind`, `severity`,
-//! `status`. Surfaces outside the known set are folded into `other`. No cluster id, account id or
-//! text is ever a label value.
+//! `status`, `state`. Surfaces outside the known set are folded into `other`. No cluster id,
+//! account id or text is ever a label value.
 
 use prometheus::{
     Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -48,8 +48,9 @@ pub const SUMMARY_KINDS: &[&str] = &["llm", "cached", "fallback", "offline"];
 /// Values of `clusterwatch_live_clusters{kind}`.
 pub const CLUSTER_LEVELS: &[&str] = &["micro", "topic", "domain"];
 
-/// Every label name a clusterwatch metric may carry. Each is bounded: a fixed vocabulary, or
-/// (`partition`) the input topic's partition count, or (`version`) one value per build. A cluster
+/// Every label name a clusterwatch metric may carry. Each is bounded: a fixed vocabulary (`state`
+/// is the allocator's `in_use` or `free`), or (`partition`) the input topic's partition count, or
+/// (`version`) one value per build. A cluster
 /// id, account id or text can never be one; `tests` below holds the registry to this list.
 pub const ALLOWED_LABELS: &[&str] = &[
     "stage",
@@ -60,6 +61,7 @@ pub const ALLOWED_LABELS: &[&str] = &[
     "status",
     "partition",
     "version",
+    "state",
 ];
 
 #[derive(Clone)]
@@ -138,6 +140,8 @@ pub struct Metrics {
     pub cluster_names: IntCounterVec,
     /// Investigation records written to the restricted topic.
     pub investigation_records: IntCounter,
+    /// What the heap trimmer did (`crate::heap`).
+    pub heap_trims: crate::heap::TrimCounters,
     /// Per-shard readings behind the cluster-state gauges (see `export/gauges.rs`).
     pub gauge_board: super::gauges::GaugeBoard,
 }
@@ -501,6 +505,17 @@ impl Metrics {
                 "clusterwatch_investigation_records_total",
                 "Records written to the restricted investigation topic (ids never leave it)."
             )),
+            heap_trims: crate::heap::TrimCounters {
+                trims: reg!(IntCounter::new(
+                    "clusterwatch_allocator_trims_total",
+                    "Times the heap trimmer handed freed memory back to the kernel (malloc_trim) \
+                     after RSS grew by memory.trim_after_growth_mib."
+                )),
+                seconds: reg!(prometheus::Counter::new(
+                    "clusterwatch_allocator_trim_seconds_total",
+                    "Wall time spent in malloc_trim."
+                )),
+            },
             gauge_board: Default::default(),
             registry,
         };
@@ -518,6 +533,10 @@ impl Metrics {
         metrics
             .registry
             .register(Box::new(build_info))
+            .expect("unique");
+        metrics
+            .registry
+            .register(Box::new(super::allocator::AllocatorCollector::new()))
             .expect("unique");
         // Pre-create every bounded label value so dashboards and rate() see zeros, not gaps.
         for reason in DecodeError::REASONS.iter().chain(LATE_REJECT_REASONS) {
