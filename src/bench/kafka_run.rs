@@ -279,6 +279,9 @@ pub struct ChildSpec {
     pub model_dir: PathBuf,
     /// Alerts also go to this Alertmanager, when given.
     pub alertmanager_url: Option<String>,
+    /// Snapshots go to this directory, as in production, when given; without one the child
+    /// acknowledges each event's offset as soon as it is applied.
+    pub snapshot_dir: Option<PathBuf>,
 }
 
 impl ChildSpec {
@@ -340,6 +343,12 @@ impl RunChild {
         );
         if let Some(url) = &spec.alertmanager_url {
             config.push_str(&format!("[alerts]\nalertmanager_url = {url:?}\n"));
+        }
+        if let Some(dir) = &spec.snapshot_dir {
+            config.push_str(&format!(
+                "[snapshot]\ndir = {:?}\n",
+                dir.display().to_string()
+            ));
         }
         let config_path = work_dir.join(format!("{}.toml", spec.embedder));
         std::fs::write(&config_path, config)?;
@@ -587,6 +596,29 @@ impl Scrape {
     /// Consumer lag summed over partitions (librdkafka's figure, refreshed every 5 s).
     pub fn lag(&self) -> i64 {
         self.sum("clusterwatch_kafka_consumer_lag") as i64
+    }
+
+    /// Live micro-clusters held in memory.
+    pub fn micro_clusters(&self) -> u64 {
+        self.sum_where("clusterwatch_live_clusters", "kind", "micro") as u64
+    }
+
+    /// Heap bytes the allocator counts as `state` (`in_use` or `free`); 0 where it cannot say.
+    pub fn allocator_bytes(&self, state: &str) -> u64 {
+        self.sum_where("clusterwatch_allocator_bytes", "state", state) as u64
+    }
+
+    /// Heap trims so far, and the seconds they took (`crate::heap`).
+    pub fn heap_trims(&self) -> (u64, f64) {
+        (
+            self.sum("clusterwatch_allocator_trims_total") as u64,
+            self.sum("clusterwatch_allocator_trim_seconds_total"),
+        )
+    }
+
+    /// Size of the last snapshot written, in bytes (0 before the first).
+    pub fn snapshot_bytes(&self) -> u64 {
+        self.sum("clusterwatch_snapshot_size_bytes") as u64
     }
 
     /// Alert state changes to firing.

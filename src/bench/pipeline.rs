@@ -266,6 +266,7 @@ pub async fn run(args: &PipelineBenchArgs) -> anyhow::Result<()> {
             embedder: embedder.clone(),
             model_dir: args.model_dir.clone(),
             alertmanager_url: args.alertmanager_url.clone(),
+            snapshot_dir: None,
         };
         let why_not = match embedder.as_str() {
             "hashing" | "static" | "transformer" | "onnx" => {

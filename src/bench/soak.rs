@@ -4,7 +4,9 @@
 //! A `clusterwatch run` child consumes a fresh topic while this process produces the demo traffic
 //! at `--rate` (default: `--rate-multiplier` times the throughput `bench pipeline` measures for
 //! the embedder, measured first on its own topic). Every `--sample-secs` it records the child's
-//! RSS, consumer lag and progress; when production ends it waits for the lag to drain, then
+//! RSS, the allocator's live and kept-free heap, consumer lag and progress, and the size of its
+//! state (live micro-clusters and the last snapshot, written as in production), so that memory
+//! growth can be told apart from state growth and from memory the allocator did not give back; when production ends it waits for the lag to drain, then
 //! prints the samples, event→cluster latency, produced against processed, and verdicts.
 //!
 //! Not part of CI: it is sized in minutes. `scripts/soak.sh` wraps it.
@@ -17,6 +19,13 @@ use super::kafka_run::{
     latency_between, BenchTopics, ChildSpec, RunChild, Scrape, TrafficProducer, WorkDir,
 };
 use super::pipeline::ms;
+
+/// How long, once every event is processed, the committed offsets may take to catch up: one
+/// snapshot interval (the child's default) plus the commit and statistics cadences.
+const COMMIT_WAIT: Duration =
+    Duration::from_secs(crate::config::SnapshotSettings::DEFAULT_INTERVAL_SECS + 15);
+
+const MIB: f64 = 1024.0 * 1024.0;
 
 /// Events produced and processed before the timed production starts.
 const WARM_UP_EVENTS: u64 = 200;
@@ -85,6 +94,14 @@ pub struct SoakSample {
     /// Produced and acknowledged by the broker, not yet processed by the child.
     pub backlog: i64,
     pub rss_mib: f64,
+    /// The allocator's live heap and the freed memory it keeps (0 without glibc): whether RSS
+    /// grows with live data or with memory the allocator did not give back.
+    pub heap_in_use_mib: f64,
+    pub heap_free_mib: f64,
+    /// Live micro-clusters: what the state is allowed to grow with.
+    pub micro_clusters: u64,
+    /// Size of the child's last snapshot, the serialised state, in MiB.
+    pub snapshot_mib: f64,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -110,7 +127,20 @@ pub struct SoakReport {
     pub rss_flat: bool,
     /// Least-squares backlog slope over the second half of production, events per second.
     pub lag_slope_per_second: f64,
-    pub max_lag: i64,
+    /// Most events produced and not yet processed at a sample.
+    pub max_backlog: i64,
+    /// Most events past the committed offsets at a sample: with snapshots on, offsets are
+    /// committed once a snapshot holds their events, so this trails by up to one interval.
+    pub max_committed_lag: i64,
+    /// Live micro-clusters and the last snapshot's size at the end: what the memory is for.
+    pub final_micro_clusters: u64,
+    pub final_snapshot_mib: f64,
+    /// The allocator at the end: live heap and freed memory kept (MiB), and the heap trimmer's
+    /// trims and their total wall time.
+    pub final_heap_in_use_mib: f64,
+    pub final_heap_free_mib: f64,
+    pub heap_trims: u64,
+    pub heap_trim_seconds: f64,
     pub lag_bounded: bool,
     pub drained: bool,
     pub alerts_fired: u64,
@@ -159,12 +189,16 @@ fn sample(
         lag: scrape.lag(),
         backlog: produced as i64 - processed as i64,
         rss_mib: child.memory_mib().0,
+        heap_in_use_mib: scrape.allocator_bytes("in_use") as f64 / MIB,
+        heap_free_mib: scrape.allocator_bytes("free") as f64 / MIB,
+        micro_clusters: scrape.micro_clusters(),
+        snapshot_mib: scrape.snapshot_bytes() as f64 / MIB,
     }
 }
 
 fn print_sample(s: &SoakSample) {
     println!(
-        "{:>7.0} {:>9} {:>11} {:>11} {:>11} {:>9} {:>9} {:>8.1}",
+        "{:>7.0} {:>9} {:>11} {:>11} {:>11} {:>9} {:>9} {:>8.1} {:>8.1} {:>8.1} {:>8} {:>8.1}",
         s.seconds,
         if s.producing { "producing" } else { "draining" },
         s.produced,
@@ -172,24 +206,42 @@ fn print_sample(s: &SoakSample) {
         s.processed,
         s.lag,
         s.backlog,
-        s.rss_mib
+        s.rss_mib,
+        s.heap_in_use_mib,
+        s.heap_free_mib,
+        s.micro_clusters,
+        s.snapshot_mib
     );
 }
 
 fn print_header() {
     println!(
-        "{:>7} {:>9} {:>11} {:>11} {:>11} {:>9} {:>9} {:>8}",
-        "t (s)", "phase", "produced", "consumed", "processed", "lag", "backlog", "RSS MiB"
+        "{:>7} {:>9} {:>11} {:>11} {:>11} {:>9} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "t (s)",
+        "phase",
+        "produced",
+        "consumed",
+        "processed",
+        "lag",
+        "backlog",
+        "RSS MiB",
+        "heap MiB",
+        "free MiB",
+        "clusters",
+        "snap MiB"
     );
 }
 
 pub async fn run(args: &SoakArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.minutes > 0.0, "--minutes must be positive");
     anyhow::ensure!(args.sample_secs > 0.0, "--sample-secs must be positive");
+    let mut work_dir = WorkDir::new("clusterwatch-bench-soak")?;
+    // Snapshots on, as deployed: their size tracks the state, next to RSS in the table.
     let spec = ChildSpec {
         embedder: args.embedder.clone(),
         model_dir: args.model_dir.clone(),
         alertmanager_url: None,
+        snapshot_dir: Some(work_dir.path.join("snapshots")),
     };
     if let Some(missing) = spec.missing_files() {
         anyhow::bail!(
@@ -197,7 +249,6 @@ pub async fn run(args: &SoakArgs) -> anyhow::Result<()> {
             args.embedder
         );
     }
-    let mut work_dir = WorkDir::new("clusterwatch-bench-soak")?;
     let result = soak(args, &spec, &work_dir.path).await;
     match result {
         Ok(report) => {
@@ -359,8 +410,10 @@ async fn soak_on(
             samples.push(s);
         }
         if let Some(at) = caught_up_at {
-            // Offsets commit every second; librdkafka's lag figure follows within 5 s.
-            if lag_clear || at.elapsed() > Duration::from_secs(15) {
+            // Offsets are acknowledged at the next snapshot (at most one interval after the
+            // last event), committed within a second, and librdkafka's lag figure follows
+            // within 5 s.
+            if lag_clear || at.elapsed() > COMMIT_WAIT {
                 drained = lag_clear;
                 break;
             }
@@ -412,11 +465,14 @@ async fn soak_on(
         rss_second_half_mean_mib: rss_mean,
         rss_flat: rss_slope * half_minutes <= args.rss_tolerance * rss_mean,
         lag_slope_per_second: lag_slope,
-        max_lag: samples
-            .iter()
-            .map(|s| s.backlog.max(s.lag))
-            .max()
-            .unwrap_or(0),
+        max_backlog: samples.iter().map(|s| s.backlog).max().unwrap_or(0),
+        max_committed_lag: samples.iter().map(|s| s.lag).max().unwrap_or(0),
+        final_micro_clusters: last.micro_clusters(),
+        final_snapshot_mib: last.snapshot_bytes() as f64 / MIB,
+        final_heap_in_use_mib: last.allocator_bytes("in_use") as f64 / MIB,
+        final_heap_free_mib: last.allocator_bytes("free") as f64 / MIB,
+        heap_trims: last.heap_trims().0,
+        heap_trim_seconds: last.heap_trims().1,
         // A consumer that cannot keep up grows the backlog by (rate - capacity) per second; a
         // pause it recovers from (a hierarchy rebuild stalls the cluster stage for seconds)
         // tilts a short run's fit by a few percent of the rate. 10% tells them apart.
@@ -465,8 +521,19 @@ fn print_report(r: &SoakReport, args: &SoakArgs) {
         if r.rss_flat { "FLAT" } else { "GROWING" }
     );
     println!(
-        "  lag: max {} events; second-half backlog slope {:+.1} events/s -> {}; {}",
-        r.max_lag,
+        "  heap: {:.0} MiB in use, {:.0} MiB freed and kept by the allocator; {} trims took {:.3} s",
+        r.final_heap_in_use_mib, r.final_heap_free_mib, r.heap_trims, r.heap_trim_seconds
+    );
+    println!(
+        "  state: {} live micro-clusters, last snapshot {:.1} MiB ({:.1} KiB per cluster)",
+        r.final_micro_clusters,
+        r.final_snapshot_mib,
+        r.final_snapshot_mib * 1024.0 / r.final_micro_clusters.max(1) as f64
+    );
+    println!(
+        "  backlog: max {} events (committed lag max {}, offsets commit at each snapshot); second-half slope {:+.1} events/s -> {}; {}",
+        r.max_backlog,
+        r.max_committed_lag,
         r.lag_slope_per_second,
         if r.lag_bounded {
             "BOUNDED"
