@@ -500,6 +500,11 @@ def pipeline():
     g.add(timeseries("Snapshot age", [
         (f"time() - max({m('clusterwatch_snapshot_last_success_timestamp_seconds')} > 0)", "age"),
     ], "s", "Since the last durable snapshot."))
+    g.add(timeseries("Heap: live and kept by the allocator", [
+        (f"sum by (state) ({m('clusterwatch_allocator_bytes')})", "{{state}}"),
+    ], "bytes", "in_use is live data (grows with live clusters); free is what the allocator "
+        "keeps beyond it. A level in_use under a growing free is fragmentation, not a leak "
+        "(RUNBOOK, OOMKilled)."))
 
     g.row("Alert delivery")
     g.add(timeseries("Alert deliveries and failures by sink", [
