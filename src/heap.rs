@@ -148,7 +148,8 @@ impl HeapFigures {
     }
 }
 
-/// Hands every whole free page back to the kernel; true if any memory was released.
+/// Hands every whole free page back to the kernel. True when the allocator reports that it did:
+/// jemalloc's purge succeeded, or glibc released some memory.
 pub fn trim() -> bool {
     sys::trim()
 }
@@ -190,6 +191,8 @@ impl HeapTrimmer {
         growth_bytes: u64,
         counters: TrimCounters,
     ) -> Option<Self> {
+        // Only where the allocator can be asked to trim (jemalloc, or glibc without it).
+        HeapFigures::read()?;
         let mut baseline = resident_bytes()?;
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
         let thread = {
