@@ -446,6 +446,7 @@ async fn soak_on(
         .map(|s| (s.seconds, s.backlog as f64))
         .collect();
     let lag_slope = slope(&lag_points);
+    let (heap_trims, heap_trim_seconds) = last.heap_trims();
     Ok(SoakReport {
         embedder: args.embedder.clone(),
         rate,
@@ -471,8 +472,8 @@ async fn soak_on(
         final_snapshot_mib: last.snapshot_bytes() as f64 / MIB,
         final_heap_in_use_mib: last.allocator_bytes("in_use") as f64 / MIB,
         final_heap_free_mib: last.allocator_bytes("free") as f64 / MIB,
-        heap_trims: last.heap_trims().0,
-        heap_trim_seconds: last.heap_trims().1,
+        heap_trims,
+        heap_trim_seconds,
         // A consumer that cannot keep up grows the backlog by (rate - capacity) per second; a
         // pause it recovers from (a hierarchy rebuild stalls the cluster stage for seconds)
         // tilts a short run's fit by a few percent of the rate. 10% tells them apart.
