@@ -67,6 +67,12 @@ const SLOW_ACTIVE_WINDOWS: i64 = 2;
 struct Population {
     classes: BTreeMap<u32, Vec<f64>>,
     refreshed_ms: Option<i64>,
+    /// [`Population::similar_to`]'s answers since the last refresh, by (size class, minimum).
+    /// Between refreshes the classes do not change, and every cluster judged in that time asks
+    /// again; sorting thousands of tightness values for each was a tenth of the cluster stage
+    /// in `bench soak` profiles. Derived, so not saved: an empty memo is refilled on demand.
+    #[serde(skip)]
+    pooled: BTreeMap<(u32, usize), Option<RobustStats>>,
 }
 
 fn size_class(count: u64) -> u32 {
@@ -82,6 +88,7 @@ impl Population {
             return;
         }
         self.classes.clear();
+        self.pooled.clear();
         for c in state.clusters().filter(|c| c.count >= POPULATION_MIN_COUNT) {
             self.classes
                 .entry(size_class(c.count))
@@ -93,8 +100,17 @@ impl Population {
 
     /// Robust statistics of the clusters of `count`'s size class, pooling the nearest classes
     /// until at least `min` clusters are in; `None` while the whole population is smaller.
-    fn similar_to(&self, count: u64, min: usize) -> Option<RobustStats> {
+    fn similar_to(&mut self, count: u64, min: usize) -> Option<RobustStats> {
         let centre = size_class(count.max(POPULATION_MIN_COUNT));
+        if let Some(known) = self.pooled.get(&(centre, min)) {
+            return *known;
+        }
+        let stats = self.pool(centre, min);
+        self.pooled.insert((centre, min), stats);
+        stats
+    }
+
+    fn pool(&self, centre: u32, min: usize) -> Option<RobustStats> {
         let mut pooled: Vec<f64> = Vec::new();
         let (mut lo, mut hi) = (centre, centre);
         pooled.extend(self.classes.get(&centre).into_iter().flatten());
@@ -187,7 +203,7 @@ impl CoordinatedDetector {
 
     /// Judges cluster `id` at `now_ms`; `None` when it no longer exists.
     pub fn evaluate(
-        &self,
+        &mut self,
         state: &mut ClusterState,
         id: ClusterId,
         now_ms: i64,
@@ -629,6 +645,35 @@ mod tests {
                 .filter(|r| r.status == AlertStatus::Firing)
                 .count()
         }
+    }
+
+    #[test]
+    fn pooled_statistics_are_remembered_until_the_next_refresh_and_not_saved() {
+        let mut population = super::Population::default();
+        population.classes.insert(2, vec![0.5, 0.6, 0.7]);
+        population.classes.insert(3, vec![0.1, 0.9]);
+        population.classes.insert(6, vec![0.3; 5]);
+        for count in [1, 5, 9, 40, 100, 1 << 20] {
+            for min in [1, 3, 6, 11] {
+                let fresh = population.pool(super::size_class(count.max(5)), min);
+                assert_eq!(
+                    population.similar_to(count, min),
+                    fresh,
+                    "count {count} min {min}"
+                );
+                assert_eq!(population.similar_to(count, min), fresh, "remembered");
+            }
+        }
+        assert!(!population.pooled.is_empty());
+        let saved = postcard::to_allocvec(&population).unwrap();
+        let loaded: super::Population = postcard::from_bytes(&saved).unwrap();
+        assert!(loaded.pooled.is_empty(), "the memo is derived, not saved");
+        assert_eq!(loaded.classes, population.classes);
+
+        let mut world = World::new();
+        world.organic(0, 600, 30);
+        population.refresh(&world.state, 10_000_000);
+        assert!(population.pooled.is_empty(), "a refresh forgets the memo");
     }
 
     #[test]
