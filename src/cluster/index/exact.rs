@@ -96,21 +96,40 @@ impl ExactScanIndex {
         k: usize,
         exclude: Option<ClusterId>,
     ) -> Option<Vec<(ClusterId, f32)>> {
-        let k = k.max(1);
         let coded = self.screen.query(query)?;
-        let (mut lower, upper) = self.screen.bounds(&coded);
+        let (lower, upper) = self.screen.bounds(&coded);
+        Some(self.rescore_screened(query, k, exclude, lower, &upper))
+    }
+
+    /// The `k` best rows for `query` given its screened bounds: rows whose upper bound reaches
+    /// the k-th best lower bound are rescored exactly.
+    fn rescore_screened(
+        &self,
+        query: &[f32],
+        k: usize,
+        exclude: Option<ClusterId>,
+        mut lower: Vec<f32>,
+        upper: &[f32],
+    ) -> Vec<(ClusterId, f32)> {
+        let k = k.max(1);
         let excluded = exclude.and_then(|id| self.row_of.get(&id).copied());
         if let Some(row) = excluded {
             lower[row] = f32::NEG_INFINITY;
         }
         let floor = kth_largest(&lower, k);
         let mut best: Vec<(ClusterId, f32)> = Vec::with_capacity(k + 1);
-        for (i, hi) in upper.iter().enumerate() {
-            if *hi >= floor && Some(i) != excluded {
-                push_top_k(&mut best, (self.ids[i], dot(self.row(i), query)), k);
+        for (b, block) in upper.chunks(SKIP_BLOCK).enumerate() {
+            if !block.iter().fold(false, |any, hi| any | (*hi >= floor)) {
+                continue;
+            }
+            for (j, hi) in block.iter().enumerate() {
+                let i = b * SKIP_BLOCK + j;
+                if *hi >= floor && Some(i) != excluded {
+                    push_top_k(&mut best, (self.ids[i], dot(self.row(i), query)), k);
+                }
             }
         }
-        Some(best)
+        best
     }
 
     fn row(&self, index: usize) -> &[f32] {
@@ -221,17 +240,30 @@ impl CentroidIndex for ExactScanIndex {
     }
 }
 
+/// Rows checked together before looking at any one of them, in the screened scan's passes over
+/// its bounds: almost every block holds no candidate, and a branch-free test of a whole block
+/// compiles to vector compares, where a test per row was a sixth of the scan's time.
+const SKIP_BLOCK: usize = 16;
+
 /// The `k`-th largest value of `values` (`-∞` when there are fewer). One pass that keeps the
 /// `k` largest so far; past the first few rows almost every value falls below them.
 fn kth_largest(values: &[f32], k: usize) -> f32 {
     let mut top: Vec<f32> = Vec::with_capacity(k + 1);
-    for &v in values {
-        if top.len() == k && v <= top[k - 1] {
-            continue;
+    for block in values.chunks(SKIP_BLOCK) {
+        if top.len() == k {
+            let kth = top[k - 1];
+            if block.iter().fold(true, |all, v| all & (*v <= kth)) {
+                continue;
+            }
         }
-        let at = top.partition_point(|t| *t >= v);
-        top.insert(at, v);
-        top.truncate(k);
+        for &v in block {
+            if top.len() == k && v <= top[k - 1] {
+                continue;
+            }
+            let at = top.partition_point(|t| *t >= v);
+            top.insert(at, v);
+            top.truncate(k);
+        }
     }
     if top.len() == k {
         top[k - 1]
@@ -245,6 +277,22 @@ mod tests {
     use super::*;
 
     use crate::cluster::index::tests::{seeded_unit, unit};
+
+    #[test]
+    fn kth_largest_skips_blocks_without_changing_the_answer() {
+        for n in [0usize, 1, 15, 16, 17, 40, 1000] {
+            // Ties and a rising tail, so later blocks do hold new winners.
+            let values: Vec<f32> = (0..n)
+                .map(|i| ((i * 7919) % 97) as f32 / 97.0 + if i > n / 2 { 0.5 } else { 0.0 })
+                .collect();
+            let mut sorted = values.clone();
+            sorted.sort_by(|a, b| b.total_cmp(a));
+            for k in [1, 2, 4, 8] {
+                let want = sorted.get(k - 1).copied().unwrap_or(f32::NEG_INFINITY);
+                assert_eq!(kth_largest(&values, k), want, "n {n} k {k}");
+            }
+        }
+    }
 
     #[test]
     fn batched_top_k_agrees_with_single_scans() {
