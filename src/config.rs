@@ -101,6 +101,7 @@ pub struct KafkaSettings {
     pub dead_letter_topic: String,
     /// How often stored offsets are committed, in milliseconds. Offsets are stored only after the
     /// event's effect is in cluster state, so a shorter interval only shrinks redelivery on crash.
+    /// With snapshots on, each snapshot's offsets are also committed as soon as it is written.
     pub commit_interval_ms: u64,
     /// Where a new group starts: `earliest` or `latest`.
     pub auto_offset_reset: String,

@@ -1,5 +1,7 @@
 //! `clusterwatch run` as a real process against the real broker: it serves `/metrics` and
 //! `/healthz`, and on SIGTERM it drains, commits and exits 0 — also when stopped mid-stream.
+//! With snapshots on, a snapshot's offsets reach the broker at once, not at the next periodic
+//! commit.
 
 mod common;
 
@@ -34,6 +36,7 @@ fn stop(child: Child, config: &std::path::Path, within: Duration) -> (i32, Strin
 async fn prepared(
     name: &str,
     events: usize,
+    extra_config: &str,
 ) -> (
     tempfile::TempDir,
     std::path::PathBuf,
@@ -63,7 +66,7 @@ async fn prepared(
         &config,
         format!(
             "[kafka]\nbootstrap_servers = \"{bootstrap}\"\ntopic = \"{topic}\"\ndead_letter_topic = \"{dead_letter}\"\ngroup_id = \"{group}\"\n\
-             [embedder]\nmodel_dir = \"{}\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n",
+             [embedder]\nmodel_dir = \"{}\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n{extra_config}",
             repo_root().join("models/all-MiniLM-L6-v2").display()
         ),
     )
@@ -73,7 +76,7 @@ async fn prepared(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_after_the_stream_commits_everything_and_exits_zero() {
-    let (_dir, config, port, topic, group, total) = prepared("sigterm-end", 400).await;
+    let (_dir, config, port, topic, group, total) = prepared("sigterm-end", 400, "").await;
     let child = start(&config);
     tokio::task::spawn_blocking(move || {
         let deadline = Instant::now() + Duration::from_secs(240);
@@ -110,7 +113,7 @@ async fn sigterm_after_the_stream_commits_everything_and_exits_zero() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_stream_drains_what_was_read_and_exits_zero() {
-    let (_dir, config, port, topic, group, total) = prepared("sigterm-mid", 4000).await;
+    let (_dir, config, port, topic, group, total) = prepared("sigterm-mid", 4000, "").await;
     let child = start(&config);
     tokio::task::spawn_blocking(move || {
         let deadline = Instant::now() + Duration::from_secs(240);
@@ -127,6 +130,53 @@ async fn sigterm_mid_stream_drains_what_was_read_and_exits_zero() {
             "what was processed is committed: {committed}"
         );
         assert!(committed < end, "the stop really was mid-stream");
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshots_offsets_are_committed_at_once_not_at_the_next_periodic_commit() {
+    let snapshots = tempfile::tempdir().unwrap();
+    // The periodic commit is ten minutes away, so only the commit that follows each snapshot
+    // can put these offsets on the broker in time. A snapshot is due after every event (or at
+    // the next idle tick while the writer is busy), so the last one covers the whole stream.
+    let extra = format!(
+        "[snapshot]\ndir = \"{}\"\ninterval_secs = 3600\nevery_events = 1\n",
+        snapshots.path().display()
+    );
+    let (dir, config, port, topic, group, total) = prepared("commit-now", 300, &extra).await;
+    // prepared() wrote [kafka] first; the interval goes there.
+    let written = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        written.replacen("[kafka]\n", "[kafka]\ncommit_interval_ms = 600000\n", 1),
+    )
+    .unwrap();
+    let child = start(&config);
+    tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + Duration::from_secs(180);
+        let committed = loop {
+            let (committed, end) =
+                committed_and_end(&kafka_bootstrap(), &group, &topic, PARTITIONS);
+            assert_eq!(end, total as i64);
+            if committed == end || Instant::now() > deadline {
+                break committed;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        };
+        assert!(
+            metric(port, "clusterwatch_snapshot_last_success_timestamp_seconds").unwrap_or(0.0)
+                > 0.0,
+            "a snapshot was written"
+        );
+        assert_eq!(
+            committed, total as i64,
+            "the snapshots' offsets reached the broker while the process runs"
+        );
+        let (code, logs) = stop(child, &config, Duration::from_secs(60));
+        assert_eq!(code, 0, "exit code; logs:\n{logs}");
+        drop(dir);
     })
     .await
     .unwrap();

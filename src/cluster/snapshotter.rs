@@ -5,7 +5,9 @@
 //! then hands the bytes to one writer thread through a one-slot channel. If the writer is still
 //! busy with the previous snapshot, the stage simply tries again later, so a slow disk delays
 //! snapshots, never events. A failed write is logged and counted and its offsets stay
-//! unacknowledged: after a crash those events are read again, never lost.
+//! unacknowledged: after a crash those events are read again, never lost. Acknowledged offsets
+//! are committed at once, not at the next periodic commit, so the span in which the broker's
+//! committed offsets trail the newest snapshot is one commit round trip.
 //!
 //! A snapshot also waits until every alert record the detectors emitted has been handed to the
 //! sinks (network sinks fsync it in their spool first). Otherwise a crash right after the
@@ -74,6 +76,7 @@ impl Snapshotter {
                             for position in job.covers {
                                 acker.ack(position);
                             }
+                            acker.commit_now();
                             writer_metrics
                                 .observe_stage("snapshot", started.elapsed().as_secs_f64());
                             writer_metrics.snapshot_bytes.set(job.bytes.len() as i64);

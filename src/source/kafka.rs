@@ -636,6 +636,16 @@ impl OffsetAcker for KafkaAcker {
             }
         }
     }
+
+    fn commit_now(&self) {
+        // Asynchronous: the snapshot writer does not wait on the broker. A commit that fails
+        // (broker away, a rebalance in progress) leaves the offsets stored, and the periodic
+        // auto-commit sends them again.
+        match self.consumer.commit_consumer_state(CommitMode::Async) {
+            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(e) => tracing::debug!(error = %e, "immediate offset commit not sent"),
+        }
+    }
 }
 
 /// Writes rejected messages to the dead-letter topic, reason in a header, and waits for the

@@ -49,6 +49,11 @@ pub trait DeadLetterSink: Send + Sync {
 /// Told, in source order, that a position's effect is in cluster state.
 pub trait OffsetAcker: Send + Sync {
     fn ack(&self, position: SourcePosition);
+    /// Sends what has been acknowledged to the source now rather than at its next periodic
+    /// commit. The snapshotter calls it once a snapshot's positions are acknowledged: until the
+    /// commit lands, another group member taking a partition over would read again events the
+    /// snapshot already holds, and a restart from that snapshot would count them twice.
+    fn commit_now(&self) {}
 }
 
 /// An acker for sources with nothing to commit.
