@@ -128,18 +128,30 @@ impl Screen {
         let rows = dots.len().min(self.scales.len());
         let mut lower = vec![0f32; rows];
         let mut upper = vec![0f32; rows];
-        let (scales, code_l1) = (&self.scales[..rows], &self.code_l1[..rows]);
+        let row_terms = RowTerms {
+            dots: &dots[..rows],
+            scales: &self.scales[..rows],
+            code_l1: &self.code_l1[..rows],
+        };
         #[cfg(target_arch = "x86_64")]
         {
             if has_avx2() {
                 // SAFETY: the CPU supports AVX2 (`has_avx2`).
-                unsafe { terms.fill_avx2(&dots[..rows], scales, code_l1, &mut lower, &mut upper) };
+                unsafe { terms.fill_avx2(row_terms, (&mut lower, &mut upper)) };
                 return (lower, upper);
             }
         }
-        terms.fill(&dots[..rows], scales, code_l1, &mut lower, &mut upper);
+        terms.fill(row_terms, (&mut lower, &mut upper));
         (lower, upper)
     }
+}
+
+/// The per-row inputs of the bound: integer dot products, row scales and Σ|code| per row.
+#[derive(Clone, Copy)]
+struct RowTerms<'a> {
+    dots: &'a [i32],
+    scales: &'a [f32],
+    code_l1: &'a [f32],
 }
 
 /// The parts of [`Screen::scores`]' bound that depend on the query alone.
@@ -155,14 +167,12 @@ impl BoundTerms {
     /// with pushes it took as long as the integer dot products themselves. Plain multiplies
     /// and adds (Rust never fuses them), so every instruction set gives the same bits.
     #[inline(always)]
-    fn fill(
-        &self,
-        dots: &[i32],
-        scales: &[f32],
-        code_l1: &[f32],
-        lower: &mut [f32],
-        upper: &mut [f32],
-    ) {
+    fn fill(&self, rows: RowTerms<'_>, (lower, upper): (&mut [f32], &mut [f32])) {
+        let RowTerms {
+            dots,
+            scales,
+            code_l1,
+        } = rows;
         let n = dots.len();
         let (scales, code_l1, lower, upper) = (
             &scales[..n],
@@ -183,15 +193,8 @@ impl BoundTerms {
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
-    unsafe fn fill_avx2(
-        &self,
-        dots: &[i32],
-        scales: &[f32],
-        code_l1: &[f32],
-        lower: &mut [f32],
-        upper: &mut [f32],
-    ) {
-        self.fill(dots, scales, code_l1, lower, upper)
+    unsafe fn fill_avx2(&self, rows: RowTerms<'_>, out: (&mut [f32], &mut [f32])) {
+        self.fill(rows, out)
     }
 }
 
