@@ -146,6 +146,9 @@ pub enum BenchCommand {
     Pipeline(crate::bench::pipeline::PipelineBenchArgs),
     /// Minutes of load against a real Kafka broker: RSS and lag over time, latency, lost events.
     Soak(crate::bench::soak::SoakArgs),
+    /// Conversations/s of the offline summarizer and of its steps (PII scrub, language) on one
+    /// core, over the bundled demo traffic, with the scrub's every-pass baseline in the same run.
+    Summarize(crate::bench::summarize::SummarizeBenchArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -253,6 +256,11 @@ pub async fn main() -> ExitCode {
         }
         Command::Bench(BenchCommand::Pipeline(args)) => crate::bench::pipeline::run(&args).await,
         Command::Bench(BenchCommand::Soak(args)) => crate::bench::soak::run(&args).await,
+        Command::Bench(BenchCommand::Summarize(args)) => {
+            tokio::task::spawn_blocking(move || crate::bench::summarize::run(&args))
+                .await
+                .unwrap_or_else(|e| Err(anyhow::anyhow!("bench panicked: {e}")))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -6,4 +6,5 @@ pub mod embed;
 pub mod kafka_run;
 pub mod pipeline;
 pub mod soak;
+pub mod summarize;
 pub mod synthetic;

@@ -21,6 +21,7 @@
 //! (ә ғ қ ң ө ұ ү һ) is reported as `"kk"`. Latin-script Serbian, Croatian and Bosnian are one
 //! language to whatlang's models and come back as `"hr"`; Cyrillic Serbian is `"sr"`.
 
+use std::collections::HashMap;
 use std::sync::LazyLock;
 
 use regex::Regex;
@@ -429,16 +430,33 @@ const FUNCTION_WORDS: &[(Lang, &[&str])] = &[
 static WORD: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"[\p{L}\p{M}]+(?:['’][\p{L}]+)?").unwrap_or_else(|_| never()));
 
+/// Which languages of [`FUNCTION_WORDS`] list each word, as a bit per language: one hash lookup
+/// per word of the message instead of a scan of every list.
+static FUNCTION_WORD_LANGS: LazyLock<HashMap<&'static str, u16>> = LazyLock::new(|| {
+    let mut map: HashMap<&'static str, u16> = HashMap::new();
+    for (i, (_, words)) in FUNCTION_WORDS.iter().enumerate().take(VOTING_LANGS) {
+        for &w in *words {
+            *map.entry(w).or_default() |= 1 << i;
+        }
+    }
+    map
+});
+
+/// Languages that take part in the vote: one bit each in [`FUNCTION_WORD_LANGS`].
+const VOTING_LANGS: usize = 16;
+
 /// Counts function-word hits per language over the first words of `text`; `None` when no word
 /// hits or the top is tied.
 fn function_word_vote(text: &str) -> Option<Vote> {
     let lower = text.to_lowercase().replace('’', "'");
-    let mut hits = [0usize; 16];
+    let mut hits = [0usize; VOTING_LANGS];
     for w in WORD.find_iter(&lower).take(200) {
-        let w = w.as_str();
-        for (i, (_, words)) in FUNCTION_WORDS.iter().enumerate().take(hits.len()) {
-            if words.contains(&w) {
-                hits[i] += 1;
+        let Some(&langs) = FUNCTION_WORD_LANGS.get(w.as_str()) else {
+            continue;
+        };
+        for (i, hit) in hits.iter_mut().enumerate() {
+            if langs & (1 << i) != 0 {
+                *hit += 1;
             }
         }
     }
@@ -536,6 +554,14 @@ fn iso_code(lang: Lang) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_function_word_list_has_a_bit() {
+        assert!(FUNCTION_WORDS.len() <= VOTING_LANGS);
+        let words: usize = FUNCTION_WORDS.iter().map(|(_, w)| w.len()).sum();
+        let bits: u32 = FUNCTION_WORD_LANGS.values().map(|b| b.count_ones()).sum();
+        assert_eq!(bits as usize, words, "a word listed twice for one language");
+    }
 
     #[test]
     fn patterns_compile() {
