@@ -15,7 +15,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::ctfidf::{ClassTerms, TermWeights};
-use super::index::{better_of, dot};
+use super::index::exact::ExactScanIndex;
+use super::index::CentroidIndex;
 use super::micro::ReservoirItem;
 use super::ClusterId;
 use crate::config::HierarchySettings;
@@ -38,7 +39,21 @@ pub struct Grouping {
 }
 
 /// Groups `items` at cosine `threshold`, then refines for `rounds` rounds.
+///
+/// The nearest-group searches go through the exact index, so from a few hundred groups on they
+/// are screened in int8 first (`index/screen.rs`); the answers, ties included, are those of the
+/// plain scan, which the tests check by running both.
 pub fn agglomerate(items: &[LevelItem<'_>], threshold: f32, rounds: usize) -> Grouping {
+    agglomerate_with(items, threshold, rounds, true)
+}
+
+/// [`agglomerate`], with the int8 screen switched off when `screen` is false.
+fn agglomerate_with(
+    items: &[LevelItem<'_>],
+    threshold: f32,
+    rounds: usize,
+    screen: bool,
+) -> Grouping {
     let mut order: Vec<usize> = (0..items.len()).collect();
     // Largest first; ties by id so the result is reproducible.
     order.sort_by(|&a, &b| {
@@ -51,12 +66,12 @@ pub fn agglomerate(items: &[LevelItem<'_>], threshold: f32, rounds: usize) -> Gr
     let mut sums: Vec<Vec<f64>> = Vec::new();
     let mut centroids: Vec<Vec<f32>> = Vec::new();
     let mut assignment = vec![0u32; items.len()];
+    // Group g is row g of the index (rows are only ever appended), so ties between equally
+    // similar groups go to the lower index, as they always have.
+    let mut index = ExactScanIndex::new(dimension).with_screen(screen);
     for &i in &order {
         let item = &items[i];
-        let nearest = centroids.iter().enumerate().fold(None, |best, (g, c)| {
-            better_of(best, (g as ClusterId, dot(c, item.centroid)))
-        });
-        let group = match nearest {
+        let group = match index.scan(item.centroid, None) {
             Some((g, sim)) if sim >= threshold => g as usize,
             _ => {
                 sums.push(vec![0.0; dimension]);
@@ -68,15 +83,17 @@ pub fn agglomerate(items: &[LevelItem<'_>], threshold: f32, rounds: usize) -> Gr
             *s += item.weight * f64::from(*x);
         }
         centroids[group] = unit(&sums[group]);
+        index.upsert(group as ClusterId, &centroids[group]);
         assignment[i] = group as u32;
     }
     for _ in 0..rounds {
         let mut changed = false;
+        let mut index = ExactScanIndex::new(dimension).with_screen(screen);
+        for (g, c) in centroids.iter().enumerate() {
+            index.upsert(g as ClusterId, c);
+        }
         for (i, item) in items.iter().enumerate() {
-            let best = centroids.iter().enumerate().fold(None, |best, (g, c)| {
-                better_of(best, (g as ClusterId, dot(c, item.centroid)))
-            });
-            if let Some((g, _)) = best {
+            if let Some((g, _)) = index.scan(item.centroid, None) {
                 if assignment[i] != g as u32 {
                     assignment[i] = g as u32;
                     changed = true;
@@ -323,6 +340,39 @@ pub(crate) fn unit(sum: &[f64]) -> Vec<f32> {
 mod tests {
     use super::*;
     use crate::cluster::index::tests::unit as unit_f32;
+
+    /// Enough groups for the int8 screen to engage (it screens from 512 rows), and weights with
+    /// ties, so that any difference in the nearest group or in tie-breaking would show.
+    #[test]
+    fn the_screened_search_groups_exactly_as_the_plain_scan() {
+        let mut space = crate::bench::synthetic::TopicSpace::new(900, 64, 0.8, 5);
+        let vectors: Vec<Vec<f32>> = (0..2_500)
+            .map(|_| {
+                let topic = space.random_topic();
+                space.member(topic)
+            })
+            .collect();
+        let items: Vec<LevelItem<'_>> = vectors
+            .iter()
+            .enumerate()
+            .map(|(i, v)| LevelItem {
+                id: i as u64,
+                centroid: v,
+                weight: (1 + i % 5) as f64,
+            })
+            .collect();
+        let screened = agglomerate_with(&items, 0.5, 5, true);
+        let plain = agglomerate_with(&items, 0.5, 5, false);
+        // Far fewer groups than items (so items do join groups), yet enough to be screened.
+        assert!(
+            (600..2_000).contains(&plain.centroids.len()),
+            "{} groups: the screen was not exercised",
+            plain.centroids.len()
+        );
+        assert_eq!(screened.group_of, plain.group_of);
+        assert_eq!(screened.centroids, plain.centroids);
+        assert_eq!(screened.weights, plain.weights);
+    }
 
     #[test]
     fn near_items_share_a_group_and_far_ones_do_not() {
