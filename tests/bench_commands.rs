@@ -1,5 +1,7 @@
 //! `clusterwatch bench pipeline` and `clusterwatch bench soak` on tiny inputs against the real
-//! Kafka broker, and `clusterwatch bench embed` on a slice of the quality sets, so the commands behind the published end-to-end figures cannot rot: each runs
+//! Kafka broker, `clusterwatch bench embed` on a slice of the quality sets, and `bench summarize`
+//! and `bench clustering --hierarchy` on small sizes, so the commands behind the published
+//! figures cannot rot: each runs
 //! the real binary (which runs a real `clusterwatch run` child), and the figures it writes are
 //! checked for consistency — every produced event processed and committed, latency observed
 //! through the pipeline's own histogram, samples taken. Speed itself is never asserted.
@@ -228,4 +230,79 @@ fn bench_embed_measures_speed_per_thread_count_and_quality_per_set() {
         clinc_ami(1),
         clinc_ami(0)
     );
+}
+
+/// Runs `clusterwatch bench <args>` (no broker, no JSON) and returns what it printed.
+fn bench_stdout(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_clusterwatch"))
+        .arg("bench")
+        .args(args)
+        .env("CLUSTERWATCH_LOG", "warn")
+        .output()
+        .expect("run clusterwatch bench");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    println!("{stdout}");
+    assert!(
+        out.status.success(),
+        "clusterwatch bench {args:?} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+#[test]
+fn bench_summarize_checks_the_scrub_against_every_pass_and_prints_each_step() {
+    let out = bench_stdout(&["summarize", "--events", "300", "--seconds", "0.05"]);
+    let checked = out
+        .lines()
+        .find(|l| l.contains("scrub with skips == every pass on"))
+        .expect("the equality line");
+    let counts: Vec<&str> = checked
+        .rsplit("on ")
+        .next()
+        .unwrap()
+        .split(" of ")
+        .collect();
+    assert_eq!(counts[0], counts[1], "{checked}");
+    for step in [
+        "scrub, every pass (baseline)",
+        "scrub ",
+        "language",
+        "summarize",
+    ] {
+        assert!(out.lines().any(|l| l.starts_with(step)), "no {step:?} row");
+    }
+    assert!(out.contains("scrub speed-up over every pass:"));
+}
+
+#[test]
+fn bench_clustering_times_the_hierarchy_grouping_screened_and_plain() {
+    let out = bench_stdout(&[
+        "clustering",
+        "--clusters",
+        "700",
+        "--indexes",
+        "exact",
+        "--batch",
+        "1",
+        "--dimension",
+        "32",
+        "--seconds",
+        "0.1",
+        "--bertopic-events",
+        "0",
+        "--hierarchy",
+    ]);
+    let header = out
+        .lines()
+        .position(|l| l.starts_with("hierarchy grouping"))
+        .expect("the hierarchy table");
+    let row: Vec<&str> = out
+        .lines()
+        .nth(header + 2)
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(row[0], "700", "{row:?}");
+    assert!(row[4].ends_with('x'), "{row:?}");
 }

@@ -56,6 +56,10 @@ pub struct ClusteringBenchArgs {
     /// empty skips it). E.g. `1000000,10000000`.
     #[arg(long, value_delimiter = ',')]
     pub rss_events: Vec<u64>,
+    /// Also time the topic grouping of a hierarchy rebuild over that many micro-clusters, per
+    /// `--clusters` size, with the int8 screen against the plain scan (same groups required).
+    #[arg(long)]
+    pub hierarchy: bool,
 }
 
 /// Cosine of a synthetic member to its topic centre: members of one topic then sit at about
@@ -105,11 +109,73 @@ pub fn run(args: &ClusteringBenchArgs) -> anyhow::Result<()> {
             }
         }
     }
+    if args.hierarchy {
+        time_hierarchy_grouping(&args.clusters, args.dimension)?;
+    }
     if args.bertopic_events > 0 {
         compare_with_bertopic(args)?;
     }
     if let Some(&longest) = args.rss_events.iter().max() {
         rss_over_stream(longest, &args.rss_events, args.dimension)?;
+    }
+    Ok(())
+}
+
+/// Times the agglomeration a hierarchy rebuild runs over `n` micro-clusters (one per row of
+/// `clusters`), screened and plain, on vectors drawn from n/4 synthetic topics: a background
+/// thread's work every `rebuild_every_events`, which competes with the pipeline for the cores.
+fn time_hierarchy_grouping(clusters: &[usize], dimension: usize) -> anyhow::Result<()> {
+    use crate::cluster::hierarchy::{agglomerate_with, LevelItem};
+    let settings = crate::config::HierarchySettings::default();
+    println!(
+        "hierarchy grouping (topic threshold {}, {} refinement rounds, one thread):",
+        settings.topic_threshold, settings.refine_rounds
+    );
+    println!(
+        "{:>13} {:>7} {:>13} {:>15} {:>8}",
+        "micro-clusters", "topics", "plain s", "screened s", "ratio"
+    );
+    for &n in clusters {
+        let mut space = TopicSpace::new((n / 4).max(1), dimension, 0.55, 3);
+        let vectors: Vec<Vec<f32>> = (0..n)
+            .map(|_| {
+                let topic = space.random_topic();
+                space.member(topic)
+            })
+            .collect();
+        let items: Vec<LevelItem<'_>> = vectors
+            .iter()
+            .enumerate()
+            .map(|(i, v)| LevelItem {
+                id: i as u64,
+                centroid: v,
+                weight: (1 + i % 7) as f64,
+            })
+            .collect();
+        let time = |screen: bool| {
+            let start = Instant::now();
+            let grouping = agglomerate_with(
+                &items,
+                settings.topic_threshold,
+                settings.refine_rounds,
+                screen,
+            );
+            (grouping, start.elapsed().as_secs_f64())
+        };
+        let (plain, plain_secs) = time(false);
+        let (screened, screened_secs) = time(true);
+        anyhow::ensure!(
+            plain.group_of == screened.group_of,
+            "the screened grouping differs from the plain one at {n} micro-clusters"
+        );
+        println!(
+            "{:>13} {:>7} {:>13.3} {:>15.3} {:>7.2}x",
+            n,
+            plain.centroids.len(),
+            plain_secs,
+            screened_secs,
+            plain_secs / screened_secs.max(1e-9)
+        );
     }
     Ok(())
 }

@@ -47,8 +47,9 @@ pub fn agglomerate(items: &[LevelItem<'_>], threshold: f32, rounds: usize) -> Gr
     agglomerate_with(items, threshold, rounds, true)
 }
 
-/// [`agglomerate`], with the int8 screen switched off when `screen` is false.
-fn agglomerate_with(
+/// [`agglomerate`], with the int8 screen switched off when `screen` is false (the baseline
+/// `bench clustering --hierarchy` measures against).
+pub(crate) fn agglomerate_with(
     items: &[LevelItem<'_>],
     threshold: f32,
     rounds: usize,
