@@ -136,22 +136,8 @@ fn time_hierarchy_grouping(clusters: &[usize], dimension: usize) -> anyhow::Resu
         "micro-clusters", "topics", "plain s", "screened s", "ratio"
     );
     for &n in clusters {
-        let mut space = TopicSpace::new((n / 4).max(1), dimension, 0.55, 3);
-        let vectors: Vec<Vec<f32>> = (0..n)
-            .map(|_| {
-                let topic = space.random_topic();
-                space.member(topic)
-            })
-            .collect();
-        let items: Vec<LevelItem<'_>> = vectors
-            .iter()
-            .enumerate()
-            .map(|(i, v)| LevelItem {
-                id: i as u64,
-                centroid: v,
-                weight: (1 + i % 7) as f64,
-            })
-            .collect();
+        let drawn = TopicSpace::new((n / 4).max(1), dimension, 0.55, 3).level_items(n, 7);
+        let items: Vec<LevelItem<'_>> = drawn.iter().map(|i| i.as_level_item()).collect();
         let time = |screen: bool| {
             let start = Instant::now();
             let grouping = agglomerate_with(

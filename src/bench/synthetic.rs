@@ -66,6 +66,39 @@ impl TopicSpace {
     pub fn rng(&mut self) -> &mut ChaCha8Rng {
         &mut self.rng
     }
+
+    /// `n` members of uniformly random topics, as hierarchy items with ids 0.. and weights
+    /// cycling through 1..=`weight_cycle` (so equal weights, and ties, occur).
+    pub fn level_items(&mut self, n: usize, weight_cycle: usize) -> Vec<HierarchyItem> {
+        (0..n)
+            .map(|i| {
+                let topic = self.random_topic();
+                HierarchyItem {
+                    id: i as u64,
+                    centroid: self.member(topic),
+                    weight: (1 + i % weight_cycle.max(1)) as f64,
+                }
+            })
+            .collect()
+    }
+}
+
+/// An owned [`crate::cluster::hierarchy::LevelItem`]: what [`TopicSpace::level_items`] draws.
+pub struct HierarchyItem {
+    pub id: u64,
+    pub centroid: Vec<f32>,
+    pub weight: f64,
+}
+
+impl HierarchyItem {
+    /// Borrowed as the hierarchy takes it.
+    pub fn as_level_item(&self) -> crate::cluster::hierarchy::LevelItem<'_> {
+        crate::cluster::hierarchy::LevelItem {
+            id: self.id,
+            centroid: &self.centroid,
+            weight: self.weight,
+        }
+    }
 }
 
 /// A standard normal sample (Box–Muller), so no distribution crate is needed for one function.

@@ -346,22 +346,8 @@ mod tests {
     /// ties, so that any difference in the nearest group or in tie-breaking would show.
     #[test]
     fn the_screened_search_groups_exactly_as_the_plain_scan() {
-        let mut space = crate::bench::synthetic::TopicSpace::new(900, 64, 0.8, 5);
-        let vectors: Vec<Vec<f32>> = (0..2_500)
-            .map(|_| {
-                let topic = space.random_topic();
-                space.member(topic)
-            })
-            .collect();
-        let items: Vec<LevelItem<'_>> = vectors
-            .iter()
-            .enumerate()
-            .map(|(i, v)| LevelItem {
-                id: i as u64,
-                centroid: v,
-                weight: (1 + i % 5) as f64,
-            })
-            .collect();
+        let drawn = crate::bench::synthetic::TopicSpace::new(900, 64, 0.8, 5).level_items(2_500, 5);
+        let items: Vec<LevelItem<'_>> = drawn.iter().map(|i| i.as_level_item()).collect();
         let screened = agglomerate_with(&items, 0.5, 5, true);
         let plain = agglomerate_with(&items, 0.5, 5, false);
         // Far fewer groups than items (so items do join groups), yet enough to be screened.
