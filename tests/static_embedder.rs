@@ -290,10 +290,12 @@ fn static_kind_gets_its_own_join_threshold_unless_one_is_set() {
     );
 }
 
-/// The int8 screen in front of the exact scan (`cluster/index/screen.rs`) must not change a
-/// single assignment: CLINC150 through the online clusterer at the static kind's threshold
-/// (~1,900 micro-clusters, well past the rows from which queries are screened), with and
-/// without it, gives the same micro-cluster for every text and the same topics.
+/// The int8 screen in front of the exact scan (`cluster/index/screen.rs`), and its prefix pass,
+/// must not change a single assignment: CLINC150 through the online clusterer at the static
+/// kind's threshold (~1,900 micro-clusters, well past the rows from which queries are screened),
+/// with both, with the screen alone and with neither, gives the same micro-cluster for every
+/// text and the same topics. The static vectors are principal components, so this is the
+/// prefix pass on the vectors it is built for.
 #[test]
 fn the_exact_scans_int8_screen_changes_no_assignment_on_real_vectors() {
     use clusterwatch::config::{ClusterSettings, STATIC_JOIN_THRESHOLD};
@@ -301,20 +303,24 @@ fn the_exact_scans_int8_screen_changes_no_assignment_on_real_vectors() {
     let (texts, _) = clinc();
     let e = embedder();
     let vectors: Vec<f32> = e.embed_batch(&texts).unwrap().concat();
-    let run = |screen: bool| {
+    let run = |screen: bool, prefix: bool| {
         let settings = ClusterSettings {
             join_threshold: STATIC_JOIN_THRESHOLD,
             exact_screen: screen,
+            exact_prefix: prefix,
             ..Default::default()
         };
         cluster_online(&settings, e.id(), &vectors, e.dimension(), 7).unwrap()
     };
-    let (screened, plain) = (run(true), run(false));
-    let clusters = screened.state.live_clusters();
-    assert!(clusters > 1000, "only {clusters} micro-clusters");
-    assert_eq!(screened.micro_labels(), plain.micro_labels());
-    assert_eq!(
-        screened.topic_labels().unwrap(),
-        plain.topic_labels().unwrap()
-    );
+    let plain = run(false, false);
+    for (screened, what) in [(run(true, false), "screen"), (run(true, true), "prefix")] {
+        let clusters = screened.state.live_clusters();
+        assert!(clusters > 1000, "only {clusters} micro-clusters");
+        assert_eq!(screened.micro_labels(), plain.micro_labels(), "{what}");
+        assert_eq!(
+            screened.topic_labels().unwrap(),
+            plain.topic_labels().unwrap(),
+            "{what}"
+        );
+    }
 }

@@ -29,7 +29,8 @@ pub struct ClusteringBenchArgs {
     #[arg(long, value_delimiter = ',', default_value = "1000,10000,20000")]
     pub clusters: Vec<usize>,
     /// Indexes to measure: `exact-plain` is the exact scan without its int8 screen
-    /// (`cluster.exact_screen = false`), the baseline for `exact`.
+    /// (`cluster.exact_screen = false`), the baseline for `exact`; `exact-noprefix` is the
+    /// screen without its prefix pass (`cluster.exact_prefix = false`).
     #[arg(long, value_delimiter = ',', default_value = "exact-plain,exact,hnsw")]
     pub indexes: Vec<String>,
     /// Vector dimension (all-MiniLM-L6-v2 gives 384).
@@ -75,11 +76,11 @@ pub fn run(args: &ClusteringBenchArgs) -> anyhow::Result<()> {
         args.dimension
     );
     println!(
-        "{:<11} {:>5} {:>13} {:>9} {:>8} {:>11} {:>10} {:>12}",
+        "{:<14} {:>5} {:>13} {:>9} {:>8} {:>11} {:>10} {:>12}",
         "index", "batch", "live_clusters", "events", "seconds", "events/s", "recall@1", "to 100k/s"
     );
     for &clusters in &args.clusters {
-        for (name, kind, screen) in INDEXES {
+        for (name, kind, screen, prefix) in INDEXES {
             if !args.indexes.iter().any(|i| i == name) {
                 continue;
             }
@@ -91,11 +92,12 @@ pub fn run(args: &ClusteringBenchArgs) -> anyhow::Result<()> {
                 let settings = ClusterSettings {
                     index: kind,
                     exact_screen: screen,
+                    exact_prefix: prefix,
                     ..Default::default()
                 };
                 let cell = measure_speed(settings, clusters, args.dimension, args.seconds, batch)?;
                 println!(
-                    "{:<11} {:>5} {:>13} {:>9} {:>8.2} {:>11.0} {:>10} {:>11.1}x",
+                    "{:<14} {:>5} {:>13} {:>9} {:>8.2} {:>11.0} {:>10} {:>11.1}x",
                     name,
                     batch,
                     cell.live_clusters,
@@ -166,11 +168,13 @@ fn time_hierarchy_grouping(clusters: &[usize], dimension: usize) -> anyhow::Resu
     Ok(())
 }
 
-/// The `--indexes` names: (name, index, int8 screen in front of the exact scan).
-const INDEXES: [(&str, IndexKind, bool); 3] = [
-    ("exact-plain", IndexKind::Exact, false),
-    ("exact", IndexKind::Exact, true),
-    ("hnsw", IndexKind::Hnsw, true),
+/// The `--indexes` names: (name, index, int8 screen in front of the exact scan, its prefix
+/// pass).
+const INDEXES: [(&str, IndexKind, bool, bool); 4] = [
+    ("exact-plain", IndexKind::Exact, false, false),
+    ("exact-noprefix", IndexKind::Exact, true, false),
+    ("exact", IndexKind::Exact, true, true),
+    ("hnsw", IndexKind::Hnsw, true, true),
 ];
 
 struct SpeedCell {

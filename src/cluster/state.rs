@@ -151,11 +151,15 @@ impl Prefetch {
         vector: &[f32],
         clusters: &BTreeMap<ClusterId, MicroCluster>,
         index: &mut dyn CentroidIndex,
+        floor: f32,
     ) -> Option<(ClusterId, f32)> {
         resolve_candidates(
-            candidates,
-            PREFETCH_K,
-            None,
+            &Candidates {
+                listed: candidates,
+                k: PREFETCH_K,
+                exclude: None,
+                floor,
+            },
             &self.changed,
             vector,
             clusters,
@@ -168,24 +172,38 @@ impl Prefetch {
 /// earlier in the same pass).
 const MERGE_CANDIDATES: usize = 4;
 
-/// The exact nearest centroid to `vector` (other than `exclude`) given its top-`k` candidates
-/// from a batched pass and the clusters `changed` since that pass: the best unchanged candidate,
-/// or a changed cluster rescored now if better; a full query when every candidate is unusable.
-fn resolve_candidates(
-    candidates: &[(ClusterId, f32)],
+/// A query's candidates from a batched pass ([`CentroidIndex::top_k_batch_reaching`]).
+struct Candidates<'a> {
+    /// The `k` best that reached `floor`, best first.
+    listed: &'a [(ClusterId, f32)],
     k: usize,
     exclude: Option<ClusterId>,
+    floor: f32,
+}
+
+/// The exact nearest centroid to `vector` (other than `exclude`), when it reaches the floor,
+/// given its top-`k` candidates from a batched pass and the clusters `changed` since that pass:
+/// the best unchanged candidate, or a changed cluster rescored now if better; a full query when
+/// every candidate is unusable. A result below the floor may come back; callers compare with
+/// their threshold anyway.
+///
+/// A list shorter than `k` holds every centroid that reached the floor at the pass, so an
+/// unchanged centroid missing from it is below the floor and cannot decide anything.
+fn resolve_candidates(
+    candidates: &Candidates<'_>,
     changed: &std::collections::HashSet<ClusterId>,
     vector: &[f32],
     clusters: &BTreeMap<ClusterId, MicroCluster>,
     index: &mut dyn CentroidIndex,
 ) -> Option<(ClusterId, f32)> {
+    let exclude = candidates.exclude;
     let unchanged = candidates
+        .listed
         .iter()
         .find(|(id, _)| Some(*id) != exclude && !changed.contains(id))
         .copied();
-    if unchanged.is_none() && candidates.len() == k {
-        return index.nearest_excluding(vector, exclude);
+    if unchanged.is_none() && candidates.listed.len() == candidates.k {
+        return index.nearest_reaching(vector, exclude, candidates.floor);
     }
     changed
         .iter()
@@ -211,9 +229,11 @@ fn new_index(
     deterministic: bool,
 ) -> Box<dyn CentroidIndex> {
     match settings.index {
-        IndexKind::Exact => {
-            Box::new(ExactScanIndex::new(dimension).with_screen(settings.exact_screen))
-        }
+        IndexKind::Exact => Box::new(
+            ExactScanIndex::new(dimension)
+                .with_screen(settings.exact_screen)
+                .with_prefix(settings.exact_prefix),
+        ),
         IndexKind::Hnsw => Box::new(HnswIndex::new(dimension, settings.hnsw, deterministic)),
     }
 }
@@ -283,7 +303,8 @@ impl ClusterState {
         if vectors.iter().any(|v| v.len() != self.dimension) {
             return;
         }
-        if let Some(lists) = self.index.top_k_batch(vectors, PREFETCH_K) {
+        let floor = self.settings.join_threshold;
+        if let Some(lists) = self.index.top_k_batch_reaching(vectors, PREFETCH_K, floor) {
             self.prefetch.changed.clear();
             self.prefetch.lists.extend(lists);
         }
@@ -439,12 +460,18 @@ impl ClusterState {
         let fresh = self
             .account_history
             .observe(meta.account_key, meta.event_time_ms);
+        // Only a cluster the event can join matters, so the index may skip every centroid
+        // that provably falls short of the join threshold.
+        let floor = self.settings.join_threshold;
         let nearest = match prefetched {
-            Some(candidates) => {
-                self.prefetch
-                    .resolve(&candidates, vector, &self.clusters, self.index.as_mut())
-            }
-            None => self.index.nearest(vector),
+            Some(candidates) => self.prefetch.resolve(
+                &candidates,
+                vector,
+                &self.clusters,
+                self.index.as_mut(),
+                floor,
+            ),
+            None => self.index.nearest_reaching(vector, None, floor),
         };
         Ok(match nearest {
             Some((id, similarity)) if similarity >= self.settings.join_threshold => {
@@ -581,7 +608,8 @@ impl ClusterState {
                 .iter()
                 .map(|id| self.clusters[id].centroid.as_slice())
                 .collect();
-            self.index.top_k_batch(&centroids, MERGE_CANDIDATES)
+            self.index
+                .top_k_batch_reaching(&centroids, MERGE_CANDIDATES, threshold)
         };
         let mut changed: std::collections::HashSet<ClusterId> = Default::default();
         for (i, &id) in moved.iter().enumerate() {
@@ -590,15 +618,18 @@ impl ClusterState {
             };
             let nearest = match &batched {
                 Some(lists) if !changed.contains(&id) => resolve_candidates(
-                    &lists[i],
-                    MERGE_CANDIDATES,
-                    Some(id),
+                    &Candidates {
+                        listed: &lists[i],
+                        k: MERGE_CANDIDATES,
+                        exclude: Some(id),
+                        floor: threshold,
+                    },
                     &changed,
                     &centroid,
                     &self.clusters,
                     self.index.as_mut(),
                 ),
-                _ => self.index.nearest_excluding(&centroid, Some(id)),
+                _ => self.index.nearest_reaching(&centroid, Some(id), threshold),
             };
             let Some((other, similarity)) = nearest else {
                 continue;

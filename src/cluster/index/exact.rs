@@ -5,11 +5,15 @@
 //!
 //! From [`SCREEN_MIN_ROWS`] rows on, a single query first passes over an int8 copy of the rows
 //! (`screen.rs`) and takes full-precision dot products only of the rows that could still win;
-//! the answer is the same as the full scan's.
+//! the answer is the same as the full scan's. In front of that pass, a prefix pass over the first
+//! 64 codes of each row (`Screen::prefix_bounds`) drops every row that provably falls short of a
+//! floor: the caller's threshold, or the exact score of the rows with the best prefixes,
+//! whichever is higher. Only the rows left are read whole.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-use super::screen::Screen;
+use super::screen::{PrefixBounds, Screen, ScreenQuery};
 use super::{better_of, dot, dot4, push_top_k, CentroidIndex};
 
 /// Rows scanned per block of a batched query: 256 rows of 384 floats are 384 KiB, which stay in
@@ -19,6 +23,14 @@ const BLOCK_ROWS: usize = 256;
 /// Rows from which single queries are screened: below this the `f32` rows stay in cache and the
 /// extra pass costs more than it saves.
 const SCREEN_MIN_ROWS: usize = 512;
+
+/// When more than this share of rows survives the prefix pass, its bound is too loose for these
+/// vectors (dimensions not ordered by variance, as the transformer's are not) and the pass costs
+/// more than it saves...
+const PREFIX_MAX_SURVIVING: f32 = 0.6;
+
+/// ... so the next this many screened queries skip it, and then it is tried again.
+const PREFIX_REST_QUERIES: u32 = 1024;
 
 use crate::cluster::ClusterId;
 
@@ -32,6 +44,15 @@ pub struct ExactScanIndex {
     screen: Screen,
     /// Single queries are screened from this many rows on (`usize::MAX`: never).
     screen_min_rows: usize,
+    /// Screened queries left that skip the prefix pass ([`PREFIX_REST_QUERIES`]). Speed only:
+    /// both paths give the same answers.
+    prefix_rest: AtomicU32,
+    /// Whether screened queries may take the prefix pass at all.
+    prefix: bool,
+    /// Rows the prefix pass looked at, and of those the rows it then read whole: how well it
+    /// prunes (tests and `bench clustering` read them).
+    rows_seen: AtomicU64,
+    rows_read_whole: AtomicU64,
 }
 
 impl ExactScanIndex {
@@ -43,6 +64,10 @@ impl ExactScanIndex {
             row_of: HashMap::new(),
             screen: Screen::new(dimension),
             screen_min_rows: SCREEN_MIN_ROWS,
+            prefix_rest: AtomicU32::new(0),
+            prefix: true,
+            rows_seen: AtomicU64::new(0),
+            rows_read_whole: AtomicU64::new(0),
         }
     }
 
@@ -52,17 +77,36 @@ impl ExactScanIndex {
         self.screen_min_rows = if screen { SCREEN_MIN_ROWS } else { usize::MAX };
         self
     }
+
+    /// With `false`, screened queries skip the prefix pass (the baseline `bench clustering`
+    /// measures it against; the answers are the same).
+    pub fn with_prefix(mut self, prefix: bool) -> Self {
+        self.prefix = prefix;
+        self
+    }
 }
 
 impl ExactScanIndex {
     /// The exact nearest centroid; `&self`, so other indexes can use it as their exact part.
     pub fn scan(&self, query: &[f32], exclude: Option<ClusterId>) -> Option<(ClusterId, f32)> {
+        self.scan_reaching(query, exclude, f32::NEG_INFINITY)
+    }
+
+    /// The exact nearest centroid if its score reaches `floor` (see
+    /// [`CentroidIndex::nearest_reaching`]).
+    pub fn scan_reaching(
+        &self,
+        query: &[f32],
+        exclude: Option<ClusterId>,
+        floor: f32,
+    ) -> Option<(ClusterId, f32)> {
         if self.ids.len() >= self.screen_min_rows {
-            if let Some(best) = self.scan_screened(query, exclude) {
-                return best;
+            if let Some(top) = self.screened_top_k(query, 1, exclude, floor) {
+                return top.first().copied();
             }
         }
         self.scan_all(query, exclude)
+            .filter(|(_, similarity)| *similarity >= floor)
     }
 
     fn scan_all(&self, query: &[f32], exclude: Option<ClusterId>) -> Option<(ClusterId, f32)> {
@@ -75,39 +119,48 @@ impl ExactScanIndex {
         best
     }
 
-    /// [`Self::scan`] through the int8 screen: the best screened lower bound so far is a floor
-    /// the winner's exact score reaches, so only rows whose upper bound reaches the final floor
-    /// are rescored exactly. `None` when the query cannot be screened.
-    fn scan_screened(
-        &self,
-        query: &[f32],
-        exclude: Option<ClusterId>,
-    ) -> Option<Option<(ClusterId, f32)>> {
-        let top = self.screened_top_k(query, 1, exclude)?;
-        Some(top.first().copied())
-    }
-
-    /// The `k` best rows for `query` (best first, as [`push_top_k`] orders them), screened: a
-    /// row is rescored only if its upper bound reaches the k-th best lower bound. The floor only
-    /// rises during the pass, so a row below it when seen stays out.
+    /// The `k` best rows for `query` whose scores reach `floor` (best first, as [`push_top_k`]
+    /// orders them), screened: through the prefix pass when it pays, else the int8 pass over
+    /// whole rows. `None` when the query cannot be screened.
     fn screened_top_k(
         &self,
         query: &[f32],
         k: usize,
         exclude: Option<ClusterId>,
+        floor: f32,
     ) -> Option<Vec<(ClusterId, f32)>> {
         let coded = self.screen.query(query)?;
+        let resting = !self.prefix
+            || self
+                .prefix_rest
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                .is_ok();
+        if !resting {
+            if let Some(prefix) = self.screen.prefix_bounds(&coded) {
+                let search = Search {
+                    query,
+                    coded: &coded,
+                    k: k.max(1),
+                    excluded: exclude.and_then(|id| self.row_of.get(&id).copied()),
+                    floor,
+                };
+                return Some(self.rescore_prefix_screened(&search, prefix));
+            }
+        }
         let (lower, upper) = self.screen.bounds(&coded);
-        Some(self.rescore_screened(query, k, exclude, lower, &upper))
+        let mut top = self.rescore_screened(query, k, exclude, floor, lower, &upper);
+        top.retain(|(_, similarity)| *similarity >= floor);
+        Some(top)
     }
 
     /// The `k` best rows for `query` given its screened bounds: rows whose upper bound reaches
-    /// the k-th best lower bound are rescored exactly.
+    /// the k-th best lower bound (or `floor`, if higher) are rescored exactly.
     fn rescore_screened(
         &self,
         query: &[f32],
         k: usize,
         exclude: Option<ClusterId>,
+        floor: f32,
         mut lower: Vec<f32>,
         upper: &[f32],
     ) -> Vec<(ClusterId, f32)> {
@@ -116,7 +169,7 @@ impl ExactScanIndex {
         if let Some(row) = excluded {
             lower[row] = f32::NEG_INFINITY;
         }
-        let floor = kth_largest(&lower, k);
+        let floor = kth_largest(&lower, k).max(floor);
         let mut best: Vec<(ClusterId, f32)> = Vec::with_capacity(k + 1);
         for (b, block) in upper.chunks(SKIP_BLOCK).enumerate() {
             if !block.iter().fold(false, |any, hi| any | (*hi >= floor)) {
@@ -129,6 +182,72 @@ impl ExactScanIndex {
                 }
             }
         }
+        best
+    }
+
+    /// The prefix-screened search. Every row in the answer scores at least the floor, which is
+    /// the caller's `floor` or, if higher, the k-th exact score among the `k` rows with the best
+    /// prefix scores (k rows reach it, so the k best do). A row whose prefix bound is below it
+    /// is out; the rest are bounded on their whole codes and rescored as in
+    /// [`Self::rescore_screened`], in row order, so ties resolve as in the plain scan.
+    fn rescore_prefix_screened(
+        &self,
+        search: &Search<'_>,
+        prefix: PrefixBounds,
+    ) -> Vec<(ClusterId, f32)> {
+        let Search {
+            query,
+            coded,
+            k,
+            excluded,
+            floor,
+        } = *search;
+        let PrefixBounds {
+            dots,
+            scores,
+            mut upper,
+        } = prefix;
+        if let Some(row) = excluded {
+            upper[row] = f32::NEG_INFINITY;
+        }
+        let seeds = best_rows(&scores, k, excluded);
+        let mut floor_now = floor;
+        if seeds.len() == k {
+            let kth_exact = seeds
+                .iter()
+                .map(|&i| dot(self.row(i), query))
+                .fold(f32::INFINITY, f32::min);
+            floor_now = floor_now.max(kth_exact);
+        }
+        let mut survivors: Vec<usize> = Vec::new();
+        for (b, block) in upper.chunks(SKIP_BLOCK).enumerate() {
+            if !block.iter().fold(false, |any, hi| any | (*hi >= floor_now)) {
+                continue;
+            }
+            for (j, hi) in block.iter().enumerate() {
+                let i = b * SKIP_BLOCK + j;
+                if *hi >= floor_now && Some(i) != excluded {
+                    survivors.push(i);
+                }
+            }
+        }
+        self.rows_seen
+            .fetch_add(self.ids.len() as u64, Ordering::Relaxed);
+        self.rows_read_whole
+            .fetch_add(survivors.len() as u64, Ordering::Relaxed);
+        if survivors.len() as f32 > PREFIX_MAX_SURVIVING * self.ids.len() as f32 {
+            self.prefix_rest
+                .store(PREFIX_REST_QUERIES, Ordering::Relaxed);
+        }
+        let (lower, whole_upper) = self.screen.bounds_of_rows(coded, &survivors, &dots);
+        let floor_now = kth_largest(&lower, k).max(floor_now);
+        let mut best: Vec<(ClusterId, f32)> = Vec::with_capacity(k + 1);
+        for (&i, hi) in survivors.iter().zip(&whole_upper) {
+            if *hi >= floor_now {
+                push_top_k(&mut best, (self.ids[i], dot(self.row(i), query)), k);
+            }
+        }
+        best.retain(|(_, similarity)| *similarity >= floor);
         best
     }
 
@@ -153,6 +272,24 @@ impl ExactScanIndex {
     pub fn contains(&self, id: ClusterId) -> bool {
         self.row_of.contains_key(&id)
     }
+
+    /// Of the rows the prefix pass has looked at, the share it then read whole (`None` before
+    /// it has run).
+    pub fn prefix_survival(&self) -> Option<f64> {
+        let seen = self.rows_seen.load(Ordering::Relaxed);
+        (seen > 0).then(|| self.rows_read_whole.load(Ordering::Relaxed) as f64 / seen as f64)
+    }
+}
+
+/// One prefix-screened search: the query, its code, and what it asks for.
+#[derive(Clone, Copy)]
+struct Search<'a> {
+    query: &'a [f32],
+    coded: &'a ScreenQuery,
+    k: usize,
+    /// The excluded cluster's row.
+    excluded: Option<usize>,
+    floor: f32,
 }
 
 impl CentroidIndex for ExactScanIndex {
@@ -162,6 +299,15 @@ impl CentroidIndex for ExactScanIndex {
         exclude: Option<ClusterId>,
     ) -> Option<(ClusterId, f32)> {
         self.scan(query, exclude)
+    }
+
+    fn nearest_reaching(
+        &mut self,
+        query: &[f32],
+        exclude: Option<ClusterId>,
+        floor: f32,
+    ) -> Option<(ClusterId, f32)> {
+        self.scan_reaching(query, exclude, floor)
     }
 
     fn upsert(&mut self, id: ClusterId, centroid: &[f32]) {
@@ -205,16 +351,37 @@ impl CentroidIndex for ExactScanIndex {
     }
 
     fn top_k_batch(&self, queries: &[&[f32]], k: usize) -> Option<Vec<Vec<(ClusterId, f32)>>> {
+        self.top_k_batch_reaching(queries, k, f32::NEG_INFINITY)
+    }
+
+    fn top_k_batch_reaching(
+        &self,
+        queries: &[&[f32]],
+        k: usize,
+        floor: f32,
+    ) -> Option<Vec<Vec<(ClusterId, f32)>>> {
         let k = k.max(1);
         if self.ids.len() >= self.screen_min_rows {
             let screened: Option<Vec<_>> = queries
                 .iter()
-                .map(|q| self.screened_top_k(q, k, None))
+                .map(|q| self.screened_top_k(q, k, None, floor))
                 .collect();
             if screened.is_some() {
                 return screened;
             }
         }
+        let mut lists = self.plain_top_k_batch(queries, k);
+        for list in &mut lists {
+            list.retain(|(_, similarity)| *similarity >= floor);
+        }
+        Some(lists)
+    }
+}
+
+impl ExactScanIndex {
+    /// The batched `f32` scan: rows in blocks that stay in cache while every query passes over
+    /// them, four queries per row load.
+    fn plain_top_k_batch(&self, queries: &[&[f32]], k: usize) -> Vec<Vec<(ClusterId, f32)>> {
         let mut best: Vec<Vec<(ClusterId, f32)>> = vec![Vec::with_capacity(k + 1); queries.len()];
         let block = BLOCK_ROWS * self.dimension;
         for (b, rows) in self.rows.chunks(block).enumerate() {
@@ -236,7 +403,7 @@ impl CentroidIndex for ExactScanIndex {
                 }
             }
         }
-        Some(best)
+        best
     }
 }
 
@@ -244,6 +411,30 @@ impl CentroidIndex for ExactScanIndex {
 /// its bounds: almost every block holds no candidate, and a branch-free test of a whole block
 /// compiles to vector compares, where a test per row was a sixth of the scan's time.
 const SKIP_BLOCK: usize = 16;
+
+/// The rows of the `k` largest `values` (fewer when there are fewer), skipping `skip`; ties go to
+/// the earlier row. Used for seeds, so any `k` rows would do; these are likely the best.
+fn best_rows(values: &[f32], k: usize, skip: Option<usize>) -> Vec<usize> {
+    let mut top: Vec<(f32, usize)> = Vec::with_capacity(k + 1);
+    for (b, block) in values.chunks(SKIP_BLOCK).enumerate() {
+        if top.len() == k {
+            let kth = top[k - 1].0;
+            if block.iter().fold(true, |all, v| all & (*v <= kth)) {
+                continue;
+            }
+        }
+        for (j, &v) in block.iter().enumerate() {
+            let i = b * SKIP_BLOCK + j;
+            if Some(i) == skip || v.is_nan() || (top.len() == k && v <= top[k - 1].0) {
+                continue;
+            }
+            let at = top.partition_point(|t| t.0 >= v);
+            top.insert(at, (v, i));
+            top.truncate(k);
+        }
+    }
+    top.into_iter().map(|(_, i)| i).collect()
+}
 
 /// The `k`-th largest value of `values` (`-∞` when there are fewer). One pass that keeps the
 /// `k` largest so far; past the first few rows almost every value falls below them.
@@ -363,6 +554,98 @@ mod tests {
         assert_eq!(screened.top_k_batch(&refs, 4), plain.top_k_batch(&refs, 4));
         assert_eq!(kth_largest(&[1.0, 3.0, 2.0], 2), 2.0);
         assert_eq!(kth_largest(&[1.0], 2), f32::NEG_INFINITY);
+    }
+
+    #[test]
+    fn the_prefix_pass_gives_the_plain_scans_answers_at_every_floor() {
+        use crate::cluster::index::screen::tests::decaying;
+        let dim = 256;
+        let mut screened = ExactScanIndex::new(dim);
+        let mut plain = ExactScanIndex::new(dim).with_screen(false);
+        let mut upsert = |id: u64, v: &[f32]| {
+            screened.upsert(id, v);
+            plain.upsert(id, v);
+        };
+        // Members of 300 groups, so queries have near neighbours above the floors tried.
+        let centre = |g: u64| decaying(g, dim);
+        let member = |id: u64| {
+            let c = centre(id % 300);
+            let noise = decaying(id + 100_000, dim);
+            unit(
+                &c.iter()
+                    .zip(&noise)
+                    .map(|(a, b)| a + 0.4 * b)
+                    .collect::<Vec<_>>(),
+            )
+        };
+        for id in 1..=1500u64 {
+            upsert(id, &member(id));
+        }
+        // Exact duplicates under newer ids (ties), and moves and removals.
+        for id in 1501..=1540u64 {
+            upsert(id, &member(id - 1500));
+        }
+        for id in (1..=1500u64).step_by(9) {
+            upsert(id, &member(id + 7000));
+        }
+        for id in (2..=1500u64).step_by(13) {
+            screened.remove(id);
+            plain.remove(id);
+        }
+        let queries: Vec<Vec<f32>> = (20_000..20_150)
+            .map(member)
+            .chain((1..=40).map(member))
+            .collect();
+        // Queries with equal variance in every dimension come last: they make the pass rest.
+        let uniform: Vec<Vec<f32>> = (0..10).map(|s| seeded_unit(s + 50_000, dim)).collect();
+        let mut reached = 0;
+        for q in queries.iter().chain(&uniform) {
+            let best = plain.scan(q, None).map(|b| b.0);
+            for exclude in [None, Some(1), best] {
+                let want = plain.scan(q, exclude);
+                assert_eq!(screened.scan(q, exclude), want);
+                for floor in [0.0, 0.5, 0.62, 0.85, 0.99] {
+                    let want = want.filter(|(_, s)| *s >= floor);
+                    reached += usize::from(want.is_some());
+                    assert_eq!(screened.nearest_reaching(q, exclude, floor), want);
+                    assert_eq!(plain.nearest_reaching(q, exclude, floor), want);
+                }
+            }
+            if q.as_ptr() == queries[queries.len() - 1].as_ptr() {
+                // The prefix pass did the work: it never rested, and it read few rows whole.
+                assert_eq!(screened.prefix_rest.load(Ordering::Relaxed), 0);
+                let survival = screened.prefix_survival().unwrap();
+                assert!(survival < 0.3, "{survival} of rows read whole");
+            }
+        }
+        assert!(reached > 500, "too few queries reach a floor: {reached}");
+        let refs: Vec<&[f32]> = queries.iter().map(|q| q.as_slice()).collect();
+        screened.prefix_rest.store(0, Ordering::Relaxed);
+        for floor in [f32::NEG_INFINITY, 0.62, 0.85] {
+            assert_eq!(
+                screened.top_k_batch_reaching(&refs, 4, floor),
+                plain.top_k_batch_reaching(&refs, 4, floor)
+            );
+        }
+    }
+
+    #[test]
+    fn the_prefix_pass_rests_when_its_bound_is_loose() {
+        // Equal variance in every dimension: the tail bound prunes almost nothing.
+        let dim = 256;
+        let mut idx = ExactScanIndex::new(dim);
+        for id in 1..=800u64 {
+            idx.upsert(id, &seeded_unit(id, dim));
+        }
+        let q = seeded_unit(9999, dim);
+        let want = idx.scan_all(&q, None);
+        assert_eq!(idx.scan(&q, None), want);
+        assert_eq!(idx.prefix_rest.load(Ordering::Relaxed), PREFIX_REST_QUERIES);
+        assert_eq!(idx.scan(&q, None), want);
+        assert_eq!(
+            idx.prefix_rest.load(Ordering::Relaxed),
+            PREFIX_REST_QUERIES - 1
+        );
     }
 
     #[test]

@@ -31,6 +31,20 @@ pub trait CentroidIndex: Send {
         query: &[f32],
         exclude: Option<ClusterId>,
     ) -> Option<(ClusterId, f32)>;
+    /// As [`CentroidIndex::nearest_excluding`], but only a centroid whose similarity reaches
+    /// `floor` counts: `None` when none does. Joining and merging only ask this (is there a
+    /// cluster at least as similar as the threshold, and which is the most similar), and an
+    /// index may skip every centroid that provably falls short. Either way the answer is the
+    /// unrestricted nearest when it reaches `floor`.
+    fn nearest_reaching(
+        &mut self,
+        query: &[f32],
+        exclude: Option<ClusterId>,
+        floor: f32,
+    ) -> Option<(ClusterId, f32)> {
+        self.nearest_excluding(query, exclude)
+            .filter(|(_, similarity)| *similarity >= floor)
+    }
     /// Adds or replaces the centroid of `id`.
     fn upsert(&mut self, id: ClusterId, centroid: &[f32]);
     /// Forgets `id`; unknown ids are ignored.
@@ -41,6 +55,21 @@ pub trait CentroidIndex: Send {
     /// no batched path; callers then query one by one.
     fn top_k_batch(&self, _queries: &[&[f32]], _k: usize) -> Option<Vec<Vec<(ClusterId, f32)>>> {
         None
+    }
+    /// As [`CentroidIndex::top_k_batch`], keeping only candidates whose similarity reaches
+    /// `floor`: the `k` best of those, which are the unrestricted `k` best minus the ones below
+    /// `floor`.
+    fn top_k_batch_reaching(
+        &self,
+        queries: &[&[f32]],
+        k: usize,
+        floor: f32,
+    ) -> Option<Vec<Vec<(ClusterId, f32)>>> {
+        let mut lists = self.top_k_batch(queries, k)?;
+        for list in &mut lists {
+            list.retain(|(_, similarity)| *similarity >= floor);
+        }
+        Some(lists)
     }
     /// Blocks until background work (an index rebuild) has caught up with every change so far.
     /// Benchmarks call it after loading, so they measure the steady state.
