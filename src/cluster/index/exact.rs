@@ -171,16 +171,8 @@ impl ExactScanIndex {
         }
         let floor = kth_largest(&lower, k).max(floor);
         let mut best: Vec<(ClusterId, f32)> = Vec::with_capacity(k + 1);
-        for (b, block) in upper.chunks(SKIP_BLOCK).enumerate() {
-            if !block.iter().fold(false, |any, hi| any | (*hi >= floor)) {
-                continue;
-            }
-            for (j, hi) in block.iter().enumerate() {
-                let i = b * SKIP_BLOCK + j;
-                if *hi >= floor && Some(i) != excluded {
-                    push_top_k(&mut best, (self.ids[i], dot(self.row(i), query)), k);
-                }
-            }
+        for i in rows_reaching(upper, floor, excluded) {
+            push_top_k(&mut best, (self.ids[i], dot(self.row(i), query)), k);
         }
         best
     }
@@ -219,18 +211,7 @@ impl ExactScanIndex {
                 .fold(f32::INFINITY, f32::min);
             floor_now = floor_now.max(kth_exact);
         }
-        let mut survivors: Vec<usize> = Vec::new();
-        for (b, block) in upper.chunks(SKIP_BLOCK).enumerate() {
-            if !block.iter().fold(false, |any, hi| any | (*hi >= floor_now)) {
-                continue;
-            }
-            for (j, hi) in block.iter().enumerate() {
-                let i = b * SKIP_BLOCK + j;
-                if *hi >= floor_now && Some(i) != excluded {
-                    survivors.push(i);
-                }
-            }
-        }
+        let survivors = rows_reaching(&upper, floor_now, excluded);
         self.rows_seen
             .fetch_add(self.ids.len() as u64, Ordering::Relaxed);
         self.rows_read_whole
@@ -411,6 +392,24 @@ impl ExactScanIndex {
 /// its bounds: almost every block holds no candidate, and a branch-free test of a whole block
 /// compiles to vector compares, where a test per row was a sixth of the scan's time.
 const SKIP_BLOCK: usize = 16;
+
+/// The rows whose upper bound reaches `floor`, in row order, without `excluded`. Almost every
+/// block of rows holds none, so a whole block is tested first.
+fn rows_reaching(upper: &[f32], floor: f32, excluded: Option<usize>) -> Vec<usize> {
+    let mut rows = Vec::new();
+    for (b, block) in upper.chunks(SKIP_BLOCK).enumerate() {
+        if !block.iter().fold(false, |any, hi| any | (*hi >= floor)) {
+            continue;
+        }
+        for (j, hi) in block.iter().enumerate() {
+            let i = b * SKIP_BLOCK + j;
+            if *hi >= floor && Some(i) != excluded {
+                rows.push(i);
+            }
+        }
+    }
+    rows
+}
 
 /// The rows of the `k` largest `values` (fewer when there are fewer), skipping `skip`; ties go to
 /// the earlier row. Used for seeds, so any `k` rows would do; these are likely the best.
