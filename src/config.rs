@@ -367,11 +367,12 @@ pub struct ClusterSettings {
     /// cannot win are ruled out on a quarter of the memory traffic, and only the rest are scored
     /// in `f32`. The answers are the same as without it. true.
     pub exact_screen: bool,
-    /// With the screen on, first bound every row from its leading 64 int8 codes plus a
-    /// Cauchy–Schwarz bound of the rest, and read whole only the rows that could still reach the
-    /// join (or merge) threshold and the best prefix's exact score. Pays when the vectors'
-    /// leading dimensions carry most of their variance, as the static embedder's principal
-    /// components do; on other vectors it finds that out and rests. Same answers. true.
+    /// With the screen on, first bound every row from its leading 128 int8 codes (rows of 256
+    /// dimensions and more) plus a Cauchy–Schwarz bound of the rest, and read whole only the rows
+    /// that could still reach the join (or merge) threshold and the best prefix's exact score.
+    /// Pays when the vectors' leading dimensions carry most of their variance, as the static
+    /// embedder's principal components do; on other vectors it finds that out and rests. Same
+    /// answers. true.
     pub exact_prefix: bool,
     pub hnsw: crate::cluster::index::hnsw::HnswSettings,
     pub hierarchy: HierarchySettings,

@@ -306,3 +306,43 @@ fn bench_clustering_times_the_hierarchy_grouping_screened_and_plain() {
     assert_eq!(row[0], "700", "{row:?}");
     assert!(row[4].ends_with('x'), "{row:?}");
 }
+
+/// The three exact-index paths over real static vectors: the command itself fails if any path
+/// assigns differently from the plain scan, so a success means equal assignments.
+#[test]
+fn bench_clustering_runs_the_exact_index_paths_on_demo_traffic() {
+    let out = bench_stdout(&[
+        "clustering",
+        "--clusters",
+        "600",
+        "--indexes",
+        "exact",
+        "--batch",
+        "1",
+        "--dimension",
+        "32",
+        "--seconds",
+        "0.1",
+        "--bertopic-events",
+        "0",
+        "--traffic-events",
+        "3000",
+    ]);
+    let header = out
+        .lines()
+        .position(|l| l.starts_with("exact index on demo traffic"))
+        .expect("the demo-traffic table");
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .skip(header + 2)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    let names: Vec<&str> = rows.iter().map(|r| r[1]).collect();
+    assert_eq!(
+        names,
+        ["exact-plain", "exact-noprefix", "exact"].repeat(2),
+        "{out}"
+    );
+    // Every path ends with the same live clusters.
+    assert!(rows.iter().all(|r| r[4] == rows[0][4]), "{out}");
+}

@@ -61,6 +61,11 @@ pub struct ClusteringBenchArgs {
     /// `--clusters` size, with the int8 screen against the plain scan (same groups required).
     #[arg(long)]
     pub hierarchy: bool,
+    /// Also run the exact index's plain, screened and prefix-screened paths over this many demo
+    /// conversations summarized and embedded by the static embedder (0 skips it; needs the
+    /// distilled model from `scripts/setup.sh`).
+    #[arg(long, default_value_t = 0)]
+    pub traffic_events: usize,
 }
 
 /// Cosine of a synthetic member to its topic centre: members of one topic then sit at about
@@ -113,6 +118,9 @@ pub fn run(args: &ClusteringBenchArgs) -> anyhow::Result<()> {
     }
     if args.hierarchy {
         time_hierarchy_grouping(&args.clusters, args.dimension)?;
+    }
+    if args.traffic_events > 0 {
+        super::traffic_index::compare_on_traffic(args.traffic_events)?;
     }
     if args.bertopic_events > 0 {
         compare_with_bertopic(args)?;

@@ -8,3 +8,4 @@ pub mod pipeline;
 pub mod soak;
 pub mod summarize;
 pub mod synthetic;
+pub mod traffic_index;

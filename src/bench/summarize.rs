@@ -32,7 +32,7 @@ pub struct SummarizeBenchArgs {
 
 /// Runs the benchmark and prints its table.
 pub fn run(args: &SummarizeBenchArgs) -> anyhow::Result<()> {
-    let events = conversations(args)?;
+    let events = demo_conversations(args.seed, args.events)?;
     let requests: Vec<String> = events.iter().filter_map(first_user_text).collect();
     anyhow::ensure!(
         !requests.is_empty(),
@@ -83,11 +83,15 @@ pub fn run(args: &SummarizeBenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The demo's traffic, decoded; invalid and duplicate messages are left out.
-fn conversations(args: &SummarizeBenchArgs) -> anyhow::Result<Vec<ConversationEvent>> {
+/// The demo's traffic (`events` organic conversations plus the campaign), decoded; invalid and
+/// duplicate messages are left out.
+pub(crate) fn demo_conversations(
+    seed: u64,
+    events: usize,
+) -> anyhow::Result<Vec<ConversationEvent>> {
     let spec = TrafficSpec {
-        seed: args.seed,
-        organic_events: args.events,
+        seed,
+        organic_events: events,
         invalid_events: 0,
         duplicate_events: 0,
         ..TrafficSpec::default()

@@ -6,7 +6,7 @@
 //! From [`SCREEN_MIN_ROWS`] rows on, a single query first passes over an int8 copy of the rows
 //! (`screen.rs`) and takes full-precision dot products only of the rows that could still win;
 //! the answer is the same as the full scan's. In front of that pass, a prefix pass over the first
-//! 64 codes of each row (`Screen::prefix_bounds`) drops every row that provably falls short of a
+//! 128 codes of each row (`Screen::prefix_bounds`) drops every row that provably falls short of a
 //! floor: the caller's threshold, or the exact score of the rows with the best prefixes,
 //! whichever is higher. Only the rows left are read whole.
 
@@ -24,12 +24,16 @@ const BLOCK_ROWS: usize = 256;
 /// extra pass costs more than it saves.
 const SCREEN_MIN_ROWS: usize = 512;
 
-/// When more than this share of rows survives the prefix pass, its bound is too loose for these
-/// vectors (dimensions not ordered by variance, as the transformer's are not) and the pass costs
-/// more than it saves...
-const PREFIX_MAX_SURVIVING: f32 = 0.6;
+/// When more than this share of rows survives the prefix pass over a window of queries, its
+/// bound is too loose for these vectors (dimensions not ordered by variance, as the
+/// transformer's are not) and the pass costs more than it saves...
+const PREFIX_MAX_SURVIVING: f64 = 0.6;
 
-/// ... so the next this many screened queries skip it, and then it is tried again.
+/// ... judged over this many queries, so that one query with a flat spectrum does not switch
+/// it off for everyone ...
+const PREFIX_WINDOW_QUERIES: u32 = 256;
+
+/// ... and then the next this many screened queries skip it, after which it is tried again.
 const PREFIX_REST_QUERIES: u32 = 1024;
 
 use crate::cluster::ClusterId;
@@ -44,15 +48,62 @@ pub struct ExactScanIndex {
     screen: Screen,
     /// Single queries are screened from this many rows on (`usize::MAX`: never).
     screen_min_rows: usize,
-    /// Screened queries left that skip the prefix pass ([`PREFIX_REST_QUERIES`]). Speed only:
-    /// both paths give the same answers.
-    prefix_rest: AtomicU32,
     /// Whether screened queries may take the prefix pass at all.
     prefix: bool,
-    /// Rows the prefix pass looked at, and of those the rows it then read whole: how well it
-    /// prunes (tests and `bench clustering` read them).
-    rows_seen: AtomicU64,
-    rows_read_whole: AtomicU64,
+    /// When they do take it.
+    prefix_policy: PrefixPolicy,
+}
+
+/// Whether screened queries take the prefix pass: yes, unless over the last window of
+/// [`PREFIX_WINDOW_QUERIES`] it read more than [`PREFIX_MAX_SURVIVING`] of the rows whole; then
+/// the next [`PREFIX_REST_QUERIES`] skip it. Speed only: both paths give the same answers.
+/// Atomics because queries take `&self`; one thread queries at a time, so `Relaxed` suffices.
+#[derive(Default)]
+struct PrefixPolicy {
+    rest: AtomicU32,
+    window_queries: AtomicU32,
+    window_seen: AtomicU64,
+    window_whole: AtomicU64,
+    /// Every row the pass has looked at, and of those the rows it read whole.
+    seen: AtomicU64,
+    whole: AtomicU64,
+}
+
+impl PrefixPolicy {
+    /// Whether this query takes the pass (a resting query counts down the rest).
+    fn take(&self) -> bool {
+        self.rest
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_err()
+    }
+
+    /// Records that a query took the pass over `seen` rows and read `whole` of them whole.
+    fn record(&self, seen: usize, whole: usize) {
+        let (seen, whole) = (seen as u64, whole as u64);
+        self.seen.fetch_add(seen, Ordering::Relaxed);
+        self.whole.fetch_add(whole, Ordering::Relaxed);
+        let window_seen = self.window_seen.fetch_add(seen, Ordering::Relaxed) + seen;
+        let window_whole = self.window_whole.fetch_add(whole, Ordering::Relaxed) + whole;
+        if self.window_queries.fetch_add(1, Ordering::Relaxed) + 1 < PREFIX_WINDOW_QUERIES {
+            return;
+        }
+        if window_whole as f64 > PREFIX_MAX_SURVIVING * window_seen as f64 {
+            self.rest.store(PREFIX_REST_QUERIES, Ordering::Relaxed);
+        }
+        self.window_queries.store(0, Ordering::Relaxed);
+        self.window_seen.store(0, Ordering::Relaxed);
+        self.window_whole.store(0, Ordering::Relaxed);
+    }
+
+    #[cfg(test)]
+    fn resting(&self) -> bool {
+        self.rest.load(Ordering::Relaxed) > 0
+    }
+
+    fn survival(&self) -> Option<f64> {
+        let seen = self.seen.load(Ordering::Relaxed);
+        (seen > 0).then(|| self.whole.load(Ordering::Relaxed) as f64 / seen as f64)
+    }
 }
 
 impl ExactScanIndex {
@@ -64,10 +115,8 @@ impl ExactScanIndex {
             row_of: HashMap::new(),
             screen: Screen::new(dimension),
             screen_min_rows: SCREEN_MIN_ROWS,
-            prefix_rest: AtomicU32::new(0),
             prefix: true,
-            rows_seen: AtomicU64::new(0),
-            rows_read_whole: AtomicU64::new(0),
+            prefix_policy: PrefixPolicy::default(),
         }
     }
 
@@ -130,12 +179,7 @@ impl ExactScanIndex {
         floor: f32,
     ) -> Option<Vec<(ClusterId, f32)>> {
         let coded = self.screen.query(query)?;
-        let resting = !self.prefix
-            || self
-                .prefix_rest
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
-                .is_ok();
-        if !resting {
+        if self.prefix && self.prefix_policy.take() {
             if let Some(prefix) = self.screen.prefix_bounds(&coded) {
                 let search = Search {
                     query,
@@ -212,14 +256,7 @@ impl ExactScanIndex {
             floor_now = floor_now.max(kth_exact);
         }
         let survivors = rows_reaching(&upper, floor_now, excluded);
-        self.rows_seen
-            .fetch_add(self.ids.len() as u64, Ordering::Relaxed);
-        self.rows_read_whole
-            .fetch_add(survivors.len() as u64, Ordering::Relaxed);
-        if survivors.len() as f32 > PREFIX_MAX_SURVIVING * self.ids.len() as f32 {
-            self.prefix_rest
-                .store(PREFIX_REST_QUERIES, Ordering::Relaxed);
-        }
+        self.prefix_policy.record(self.ids.len(), survivors.len());
         let (lower, whole_upper) = self.screen.bounds_of_rows(coded, &survivors, &dots);
         let floor_now = kth_largest(&lower, k).max(floor_now);
         let mut best: Vec<(ClusterId, f32)> = Vec::with_capacity(k + 1);
@@ -257,8 +294,7 @@ impl ExactScanIndex {
     /// Of the rows the prefix pass has looked at, the share it then read whole (`None` before
     /// it has run).
     pub fn prefix_survival(&self) -> Option<f64> {
-        let seen = self.rows_seen.load(Ordering::Relaxed);
-        (seen > 0).then(|| self.rows_read_whole.load(Ordering::Relaxed) as f64 / seen as f64)
+        self.prefix_policy.survival()
     }
 }
 
@@ -612,14 +648,14 @@ mod tests {
             }
             if q.as_ptr() == queries[queries.len() - 1].as_ptr() {
                 // The prefix pass did the work: it never rested, and it read few rows whole.
-                assert_eq!(screened.prefix_rest.load(Ordering::Relaxed), 0);
+                assert!(!screened.prefix_policy.resting());
                 let survival = screened.prefix_survival().unwrap();
                 assert!(survival < 0.3, "{survival} of rows read whole");
             }
         }
         assert!(reached > 500, "too few queries reach a floor: {reached}");
         let refs: Vec<&[f32]> = queries.iter().map(|q| q.as_slice()).collect();
-        screened.prefix_rest.store(0, Ordering::Relaxed);
+        screened.prefix_policy.rest.store(0, Ordering::Relaxed);
         for floor in [f32::NEG_INFINITY, 0.62, 0.85] {
             assert_eq!(
                 screened.top_k_batch_reaching(&refs, 4, floor),
@@ -636,15 +672,18 @@ mod tests {
         for id in 1..=800u64 {
             idx.upsert(id, &seeded_unit(id, dim));
         }
-        let q = seeded_unit(9999, dim);
-        let want = idx.scan_all(&q, None);
-        assert_eq!(idx.scan(&q, None), want);
-        assert_eq!(idx.prefix_rest.load(Ordering::Relaxed), PREFIX_REST_QUERIES);
-        assert_eq!(idx.scan(&q, None), want);
-        assert_eq!(
-            idx.prefix_rest.load(Ordering::Relaxed),
-            PREFIX_REST_QUERIES - 1
-        );
+        // A whole window of such queries, each still answered exactly, and then it rests.
+        for seed in 0..PREFIX_WINDOW_QUERIES as u64 {
+            assert!(!idx.prefix_policy.resting(), "rested after {seed} queries");
+            let q = seeded_unit(9000 + seed, dim);
+            assert_eq!(idx.scan(&q, None), idx.scan_all(&q, None));
+        }
+        let rest = |idx: &ExactScanIndex| idx.prefix_policy.rest.load(Ordering::Relaxed);
+        assert_eq!(rest(&idx), PREFIX_REST_QUERIES);
+        let q = seeded_unit(99, dim);
+        assert_eq!(idx.scan(&q, None), idx.scan_all(&q, None));
+        assert_eq!(rest(&idx), PREFIX_REST_QUERIES - 1);
+        assert!(idx.prefix_survival().unwrap() > PREFIX_MAX_SURVIVING);
     }
 
     #[test]

@@ -17,22 +17,24 @@
 //! included (tests here and in `exact.rs` compare the two).
 //!
 //! In front of that pass sits a cheaper one over the first [`PREFIX_DIMS`] codes of each row,
-//! kept contiguous ([`Screen::prefix_bounds`]). The rest of the dot product is bounded by
+//! kept contiguous ([`Screen::prefix_bounds`]), for rows of at least twice that. The rest of the dot product is bounded by
 //! Cauchy–Schwarz, `|q_tail · r_tail| ≤ ‖q_tail‖ · ‖r_tail‖`. The static embedder's dimensions
 //! are principal components, largest variance first, so the tail norms are small and most rows
 //! fall provably short of a known floor (the join or merge threshold, or the exact score of the
-//! row with the best prefix) after reading a quarter of their codes.
+//! row with the best prefix) after reading half of their codes.
 
 /// Largest code magnitude: a symmetric range, so negating a vector negates its codes, and the
 /// AVX2 kernel's `|a| · b` pairs never saturate (2 · 127 · 127 < 32,767).
 const CODE_MAX: f32 = 127.0;
 
-/// Leading dimensions read by the prefix pass: two 32-code vector steps, a quarter of a
-/// 256-dimension row. Measured on `bench soak` traffic (static embedder, ~2,000 live clusters),
-/// the share of rows whose prefix bound still reaches the floor was 48 % after 64 dimensions
-/// and 15 % after 128, against the best exact score; against the join threshold or that score,
-/// whichever is higher, 25 % and 1 %.
-pub const PREFIX_DIMS: usize = 64;
+/// Leading dimensions read by the prefix pass: four 32-code vector steps, half of the static
+/// embedder's 256-dimension rows. Measured on `bench soak` traffic (~2,000 live clusters), the
+/// share of rows whose prefix bound still reaches the floor was 48 % after 64 dimensions and
+/// 15 % after 128 against the best exact score; against the join threshold (0.62 there) or that
+/// score, whichever is higher, 25 % and 1 %. On `bench clustering --traffic-events 60000`, 64
+/// measured slower than the screen alone (the survivors' second pass cost more than it saved);
+/// 96 and 128 measured 1.06–1.22× faster than it.
+pub const PREFIX_DIMS: usize = 128;
 
 /// int8 rows, row-major like the exact index's `f32` rows, with one scale per row.
 #[derive(Default)]
@@ -566,7 +568,7 @@ pub(crate) mod tests {
 
     #[test]
     fn the_exact_score_never_exceeds_the_prefix_bound() {
-        for dim in [128, 256, 384] {
+        for dim in [256, 384, 512] {
             let mut screen = Screen::new(dim);
             assert!(screen.has_prefix());
             let mut rows: Vec<Vec<f32>> = (0..150)
@@ -603,9 +605,9 @@ pub(crate) mod tests {
                 "dim {dim}: only {below} rows bounded below 0.5"
             );
         }
-        assert!(Screen::new(64)
-            .prefix_bounds(&Screen::new(64).query(&[0.5; 64]).unwrap())
-            .is_none());
+        let short = Screen::new(2 * PREFIX_DIMS - 1);
+        let query = short.query(&vec![0.5; 2 * PREFIX_DIMS - 1]).unwrap();
+        assert!(short.prefix_bounds(&query).is_none());
     }
 
     #[test]
