@@ -275,12 +275,13 @@ fn bench_summarize_checks_the_scrub_against_every_pass_and_prints_each_step() {
     assert!(out.contains("scrub speed-up over every pass:"));
 }
 
-#[test]
-fn bench_clustering_times_the_hierarchy_grouping_screened_and_plain() {
-    let out = bench_stdout(&[
+/// `bench clustering` at `clusters` live clusters, kept short (one small exact cell, no
+/// BERTopic), plus `extra`.
+fn small_bench_clustering(clusters: &str, extra: &[&str]) -> String {
+    let mut args = vec![
         "clustering",
         "--clusters",
-        "700",
+        clusters,
         "--indexes",
         "exact",
         "--batch",
@@ -291,8 +292,14 @@ fn bench_clustering_times_the_hierarchy_grouping_screened_and_plain() {
         "0.1",
         "--bertopic-events",
         "0",
-        "--hierarchy",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    bench_stdout(&args)
+}
+
+#[test]
+fn bench_clustering_times_the_hierarchy_grouping_screened_and_plain() {
+    let out = small_bench_clustering("700", &["--hierarchy"]);
     let header = out
         .lines()
         .position(|l| l.starts_with("hierarchy grouping"))
@@ -311,23 +318,7 @@ fn bench_clustering_times_the_hierarchy_grouping_screened_and_plain() {
 /// assigns differently from the plain scan, so a success means equal assignments.
 #[test]
 fn bench_clustering_runs_the_exact_index_paths_on_demo_traffic() {
-    let out = bench_stdout(&[
-        "clustering",
-        "--clusters",
-        "600",
-        "--indexes",
-        "exact",
-        "--batch",
-        "1",
-        "--dimension",
-        "32",
-        "--seconds",
-        "0.1",
-        "--bertopic-events",
-        "0",
-        "--traffic-events",
-        "3000",
-    ]);
+    let out = small_bench_clustering("600", &["--traffic-events", "3000"]);
     let header = out
         .lines()
         .position(|l| l.starts_with("exact index on demo traffic"))

@@ -249,10 +249,18 @@ impl ExactScanIndex {
         let seeds = best_rows(&scores, k, excluded);
         let mut floor_now = floor;
         if seeds.len() == k {
-            let kth_exact = seeds
-                .iter()
-                .map(|&i| dot(self.row(i), query))
-                .fold(f32::INFINITY, f32::min);
+            // A NaN score (a corrupt row) proves nothing, where `f32::min` would skip it.
+            let kth_exact =
+                seeds
+                    .iter()
+                    .map(|&i| dot(self.row(i), query))
+                    .fold(f32::INFINITY, |kth, s| {
+                        if s.is_nan() {
+                            f32::NEG_INFINITY
+                        } else {
+                            kth.min(s)
+                        }
+                    });
             floor_now = floor_now.max(kth_exact);
         }
         let survivors = rows_reaching(&upper, floor_now, excluded);
