@@ -392,8 +392,9 @@ fn dot_codes_rows(rows: &[i8], query: &[i8]) -> Vec<i32> {
 
 /// Eight rows at a time when the width is whole 32-code steps: each query step is loaded once
 /// for eight rows, and the eight accumulators are summed together by three rounds of
-/// horizontal adds instead of one full reduction per row, which at 64 codes a row cost as much
-/// as the products. Integer sums, so every path gives the same numbers.
+/// horizontal adds instead of one full reduction per row (a `perf` profile of the soak put the
+/// per-row reduction and loop among the largest parts of the one-row kernel's time). Integer
+/// sums, so every path gives the same numbers.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn dot_codes_rows_avx2(rows: &[i8], query: &[i8]) -> Vec<i32> {
